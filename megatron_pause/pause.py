@@ -1,0 +1,119 @@
+"""Pause-token logic, in one place and free of process groups.
+
+Goyal et al. ("Think before you speak", ICLR 2024) pretrain with a learnable
+``<pause>`` token inserted at uniformly random positions: 10% of the sequence
+length per sample, after which the sample is trimmed back to the context
+length. The model is never trained to *predict* a pause, so every position
+whose target is ``<pause>`` is masked out of the loss; a position whose *input*
+is a pause still predicts the next real token. At finetuning and inference time
+M pauses are appended after the prompt and the answer is read only after the
+last one.
+
+Everything here is plain numpy/torch so that the preprocessing tool, the
+dataset, the loss and the tests all share one definition:
+
+* :func:`num_pauses` -- how many pauses a sequence of a given length receives;
+* :func:`insert_pauses` -- the insertion itself (uniform over positions);
+* :func:`pause_rng` -- the deterministic random stream for one document or
+  sample, so results do not depend on worker counts or resume points;
+* :func:`pause_loss_mask` -- the loss mask that ignores pause targets;
+* :func:`append_pauses` -- the finetuning/inference layout (prompt + M pauses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+DEFAULT_PAUSE_TOKEN = "<pause>"
+
+# Separates the random streams of the two insertion sites so that the same
+# (seed, index) never yields correlated positions across them.
+OFFLINE_STREAM = 0
+ONLINE_STREAM = 1
+
+
+def num_pauses(length: int, fraction: float) -> int:
+    """Number of pauses for a sequence of ``length`` tokens: round(fraction x length).
+
+    Python's round() is banker's rounding; we round half up so that counts do
+    not flip between even and odd lengths.
+    """
+    if fraction < 0:
+        raise ValueError(f"pause fraction must be >= 0, got {fraction}")
+    return int(np.floor(fraction * length + 0.5))
+
+
+def pause_rng(seed: int, index: int, stream: int = OFFLINE_STREAM) -> np.random.Generator:
+    """Independent, reproducible generator for one document or sample.
+
+    Keyed on (seed, stream, index) through numpy's SeedSequence, so document i
+    gets the same pauses whichever worker handles it and however many workers
+    there are, and sample i gets the same pauses before and after a resume.
+    """
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(stream), int(index)])
+
+
+def document_key(text: str) -> int:
+    """A stable 64-bit key for a document, for when no global index is known."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def insert_pauses(tokens: np.ndarray, k: int, pause_id: int, rng: np.random.Generator) -> np.ndarray:
+    """Return ``tokens`` with ``k`` pause ids inserted at uniformly random positions.
+
+    The output has ``len(tokens) + k`` slots; the pause slots are a uniformly
+    random k-subset of them and the original tokens fill the rest in order.
+    This is exactly "insert k pauses at uniformly random locations" and makes
+    every arrangement of pauses between tokens equally likely.
+    """
+    tokens = np.asarray(tokens)
+    n = tokens.shape[0]
+    if k <= 0:
+        return tokens.copy()
+    total = n + k
+    pause_slots = rng.choice(total, size=k, replace=False)
+    is_pause = np.zeros(total, dtype=bool)
+    is_pause[pause_slots] = True
+    out = np.empty(total, dtype=tokens.dtype)
+    out[is_pause] = pause_id
+    out[~is_pause] = tokens
+    return out
+
+
+def insert_pauses_and_trim(
+    tokens: np.ndarray, fraction: float, pause_id: int, rng: np.random.Generator, length: int | None = None
+) -> np.ndarray:
+    """The paper's pretraining recipe for one sample: insert round(fraction x L)
+    pauses into the sample, then trim back to L tokens (L = ``length`` or the
+    sample's own length). Real tokens pushed past the end are dropped."""
+    tokens = np.asarray(tokens)
+    length = tokens.shape[0] if length is None else length
+    k = num_pauses(length, fraction)
+    return insert_pauses(tokens, k, pause_id, rng)[:length]
+
+
+def pause_loss_mask(labels: torch.Tensor, pause_id: int, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss mask (float, same shape as ``labels``) that is zero wherever the
+    target is ``<pause>``, combined with an existing mask if one is given."""
+    keep = (labels != pause_id).to(torch.float32)
+    if loss_mask is not None:
+        keep = keep * loss_mask.to(torch.float32)
+    return keep
+
+
+def pause_loss_mask_np(labels: np.ndarray, pause_id: int) -> np.ndarray:
+    """numpy twin of :func:`pause_loss_mask` for dataset code."""
+    return (np.asarray(labels) != pause_id).astype(np.float32)
+
+
+def append_pauses(prompt: list[int] | np.ndarray, num: int, pause_id: int) -> list[int]:
+    """Finetuning/inference layout: the prompt followed by ``num`` pauses; the
+    answer is read (or trained) only after the last pause."""
+    return list(prompt) + [pause_id] * int(num)
+
+
+def count_pauses(tokens: np.ndarray | torch.Tensor, pause_id: int) -> int:
+    return int((tokens == pause_id).sum())
