@@ -1,0 +1,45 @@
+"""Pause-masked language-model loss over the whole global batch.
+
+A position whose *target* is ``<pause>`` adds nothing to the loss or to the
+token count; a position whose *input* is a pause still predicts the next real
+token. The step loss is (sum of unmasked token losses) / (number of unmasked
+tokens) over the global batch -- not a mean of per-microbatch means, which
+would over-weight microbatches with many pauses. megatron-core implements that
+reduction when ``calculate_per_token_loss`` is set: each microbatch returns its
+*sum* and its token count, the schedule adds them up, and
+``finalize_model_grads`` all-reduces the count over data-parallel ranks and
+scales the gradients by its inverse. Under tensor parallelism the per-token
+losses come from megatron's vocab-parallel cross-entropy; under pipeline
+parallelism this runs on the last stage only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_pause.pause import pause_loss_mask
+
+
+class PauseMaskedLoss:
+    """Loss function for megatron's schedules: ``loss_fn(loss_mask, labels, per_token_loss)``."""
+
+    def __init__(self, pause_id: int | None) -> None:
+        self.pause_id = pause_id
+
+    def __call__(
+        self, loss_mask: torch.Tensor, labels: torch.Tensor, per_token_loss: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        mask = loss_mask.float() if self.pause_id is None else pause_loss_mask(labels, self.pause_id, loss_mask)
+        mask = mask.reshape(-1)
+        losses = per_token_loss.float().reshape(-1)
+        loss_sum = torch.sum(losses * mask)
+        num_tokens = mask.sum().to(torch.int)
+        pause_targets = (labels == self.pause_id).sum() if self.pause_id is not None else torch.zeros((), dtype=torch.long)
+        report = {
+            # [loss sum, token count]: summed over microbatches and DP ranks,
+            # their ratio is the global-batch loss.
+            "lm loss": torch.stack([loss_sum.detach(), num_tokens.float()]),
+            "pause targets": pause_targets.float().reshape(1),
+            "targets": torch.tensor([float(labels.numel())], device=labels.device),
+        }
+        return loss_sum, num_tokens, report
