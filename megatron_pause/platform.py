@@ -80,6 +80,7 @@ PATCHED_MODULES: dict[str, str] = {
     "megatron.core.tensor_parallel.layers": "weights on current_device without use_cpu_initialization",
     "megatron.core.dist_checkpointing.strategies.state_dict_saver": "sync tensors on current_device",
     "megatron.core.dist_checkpointing.exchange_utils": 'exchange buffers on device="cuda"',
+    "megatron.core.dist_checkpointing.strategies.filesystem_async": "torch.cuda.synchronize before writing",
     "megatron.core.parallel_state": "torch.cuda.is_available / device counts",
     "megatron.core.models.common.embeddings.rotary_pos_embedding": "inv_freq moved to current_device",
 }
@@ -358,6 +359,32 @@ def install() -> None:
         else:
             _replace(qualname, _with_cuda_tensor_names)
     _installed = True
+
+
+def use_in_process_checkpoint_queue() -> None:
+    """Not a CUDA workaround, but a megatron one, so it lives here too (on any device).
+
+    ``dist_checkpointing.strategies.filesystem_async._get_write_results_queue``
+    starts a *spawn*-context ``multiprocessing.Manager`` the first time a rank
+    saves: ~3 s per process on a small machine, a process that re-imports the
+    launcher's ``__main__``, and an orphan when a rank exits abruptly. We only
+    save synchronously, where that queue is written and read by the saving
+    process itself, so a plain in-process queue is exact.
+    """
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async._get_write_results_queue, "__megatron_pause_original__", None):
+        return
+    local_queue: queue.Queue = queue.Queue()
+    original_fn = filesystem_async._get_write_results_queue
+
+    def _in_process_queue() -> queue.Queue:
+        return local_queue
+
+    _in_process_queue.__megatron_pause_original__ = original_fn  # type: ignore[attr-defined]
+    filesystem_async._get_write_results_queue = _in_process_queue
 
 
 def patched_functions() -> list[str]:
