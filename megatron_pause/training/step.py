@@ -10,6 +10,7 @@ nothing about pauses: batches arrive as ``tokens``/``labels``/``loss_mask``/
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -165,6 +166,10 @@ def forward_backward(
     )
 
 
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
 def train_step(
     chunks: list[DistributedDataParallel],
     optimizer,
@@ -172,14 +177,26 @@ def train_step(
     microbatches: list[dict[str, torch.Tensor]],
     seq_length: int,
     micro_batch_size: int,
+    skip_nonfinite: bool = False,
 ) -> StepResult:
-    """Forward/backward over this rank's microbatches of one global batch, then the optimizer step."""
+    """Forward/backward over this rank's microbatches of one global batch, then the optimizer step.
+
+    The loss is reduced *before* the update, so a NaN/Inf loss either stops
+    the run (``NonFiniteLoss``, parameters untouched) or skips the update.
+    """
     for c in chunks:
         c.zero_grad_buffer()
     optimizer.zero_grad()
     reports = forward_backward(chunks, forward_step, microbatches, seq_length, micro_batch_size)
-    update_successful, grad_norm, _ = optimizer.step()
     loss_sum, tokens, pauses, targets = _reduce_reports(reports)
+    if not math.isfinite(loss_sum):
+        if not skip_nonfinite:
+            raise NonFiniteLoss(
+                f"the training loss is {loss_sum} (non-finite); stopping before the update. "
+                "Lower --lr, check the data, or pass --skip-nonfinite-steps to skip such steps."
+            )
+        return StepResult(loss_sum, tokens, pauses, targets, None, False)
+    update_successful, grad_norm, _ = optimizer.step()
     return StepResult(loss_sum, tokens, pauses, targets, grad_norm, bool(update_successful))
 
 

@@ -1,0 +1,149 @@
+"""Pause-pretraining entry point: ``python -m megatron_pause.pretrain`` (or ``megatron-pause-pretrain``).
+
+Launched once per rank by ``torchrun`` or ``srun``. Reads Megatron-LM's flags
+(:mod:`megatron_pause.arguments`), rejects contradictory settings before any
+process group exists, then builds each component from its own narrow config
+and hands them to the :class:`~megatron_pause.training.trainer.Trainer`:
+
+    flags -> PretrainConfig -> validate -> process groups -> tokenizer
+          -> model chunks (+ pause rows) -> DDP -> optimizer + LR schedule
+          -> checkpoint (resume) -> datasets -> Trainer.fit()
+
+This file is where pauses are wired in: the tokenizer supplies the pause id,
+the dataset inserts pauses and masks pause targets, and the loss re-applies
+that mask. The trainer never sees the word "pause".
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+
+from megatron_pause.arguments import ConfigError, parse_args, validate_config, validate_vocab
+from megatron_pause.config import PretrainConfig
+
+
+def _world_size_from_env() -> int:
+    from megatron_pause.distributed import launch_env
+
+    return launch_env().world_size
+
+
+def run(cfg: PretrainConfig):
+    """Build everything and train. Returns the trainer's FitResult (on every rank)."""
+    import torch
+    from megatron.core import parallel_state
+
+    from megatron_pause import platform
+    from megatron_pause.distributed import destroy_distributed, init_distributed
+    from megatron_pause.loss import PauseMaskedLoss
+    from megatron_pause.models.gpt import build_model_chunks, transformer_config
+    from megatron_pause.models.pause_vocab import init_pause_rows
+    from megatron_pause.training import checkpoint
+    from megatron_pause.training.batches import MicrobatchLoader
+    from megatron_pause.training.data import build_datasets, build_run_tokenizer
+    from megatron_pause.training.flops import detect_peak_flops, model_flops_per_token
+    from megatron_pause.training.metrics import MetricsLogger
+    from megatron_pause.training.scheduler import build_scheduler
+    from megatron_pause.training.step import build_optimizer, make_forward_step, wrap_model
+    from megatron_pause.training.trainer import Trainer, TrainState
+
+    launch = init_distributed(cfg.parallel, cfg.model.num_layers, cfg.training.seed)
+    log = MetricsLogger(cfg.logging.metrics_file, cfg.logging.tensorboard_dir, enabled=launch.rank == 0)
+    try:
+        tokenizer = build_run_tokenizer(cfg)
+        padded_vocab = tokenizer.padded_vocab_size(
+            cfg.model.make_vocab_size_divisible_by, cfg.parallel.tensor_model_parallel_size
+        )
+        validate_vocab(cfg, tokenizer.pause_id, padded_vocab)
+        dp_size = parallel_state.get_data_parallel_world_size()
+        log.info(
+            f"megatron_pause: world {launch.world_size} = TP {cfg.parallel.tensor_model_parallel_size} x "
+            f"PP {cfg.parallel.pipeline_model_parallel_size} x DP {dp_size} on {platform.device().type}; "
+            f"vocab {tokenizer.vocab_size} (padded {padded_vocab}), pause id {tokenizer.pause_id}, "
+            f"pause fraction {cfg.pause.pause_fraction}"
+        )
+
+        tcfg = transformer_config(cfg.model, cfg.parallel, cfg.precision, cfg.training)
+        chunks = build_model_chunks(cfg.model, tcfg, padded_vocab)
+        init_pause_rows(chunks, tokenizer.pause_id, tokenizer.base_vocab_size, cfg.model.pause_init, cfg.model.init_method_std, cfg.training.seed)
+        chunks = wrap_model(chunks, tcfg, cfg.parallel)
+        optimizer = build_optimizer(chunks, cfg.optimizer, cfg.parallel, cfg.precision)
+        scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.training.train_iters)
+
+        state = TrainState()
+        if cfg.checkpoint.load:
+            finetune = cfg.checkpoint.finetune
+            loaded = checkpoint.load_checkpoint(
+                cfg.checkpoint.load, chunks,
+                optimizer=None if finetune else optimizer,
+                scheduler=None if finetune else scheduler,
+                sharding_type=cfg.checkpoint.dist_ckpt_optim_sharding,
+                load_rng=not finetune,
+            )  # fmt: skip
+            if loaded is None:
+                log.info(f"no checkpoint under --load {cfg.checkpoint.load}: starting from scratch")
+            else:
+                iteration, saved = loaded
+                log.info(f"loaded checkpoint iteration {iteration} from {cfg.checkpoint.load}")
+                if not finetune:
+                    state = TrainState(**{k: v for k, v in saved.items() if k in TrainState.__dataclass_fields__})
+
+        train_ds, valid_ds = build_datasets(cfg, tokenizer, log)
+        dp_rank = parallel_state.get_data_parallel_rank()
+        t = cfg.training
+        train_loader = None
+        if train_ds is not None and not t.skip_train:
+            train_loader = MicrobatchLoader(train_ds, t.micro_batch_size, t.global_batch_size, dp_rank, dp_size, state.consumed_samples)
+        valid_factory = None
+        if valid_ds is not None:
+            valid_factory = lambda: MicrobatchLoader(valid_ds, t.micro_batch_size, t.global_batch_size, dp_rank, dp_size, 0)  # noqa: E731
+
+        peak = cfg.logging.peak_flops or detect_peak_flops(cfg.precision.params_dtype_name)
+        if peak and cfg.precision.fp8_format:
+            peak *= 2
+        trainer = Trainer(
+            training=t,
+            checkpointing=cfg.checkpoint,
+            logging=cfg.logging,
+            seq_length=cfg.model.seq_length,
+            chunks=chunks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            forward_step=make_forward_step(PauseMaskedLoss(tokenizer.pause_id)),
+            train_loader=train_loader,
+            valid_loader_factory=valid_factory,
+            logger=log,
+            flops_per_token=model_flops_per_token(cfg.model, padded_vocab, cfg.model.seq_length),
+            peak_flops=peak,
+            config_dict=cfg.to_dict(),
+            state=state,
+        )
+        result = trainer.fit()
+        log.info(
+            f"done: {result.state.iteration} iterations, {result.state.consumed_tokens:,d} tokens "
+            f"({result.stopped_by}); checkpoints: {cfg.checkpoint.save or 'not saved'}"
+        )
+        torch.distributed.barrier()
+        return result
+    finally:
+        log.close()
+        destroy_distributed()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # megatron-core warns at import that TE/apex are absent; expected on CPU.
+    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
+    cfg = parse_args(argv)
+    try:
+        validate_config(cfg, _world_size_from_env())
+    except ConfigError as e:
+        print(f"megatron_pause: {e}", file=sys.stderr)
+        return 2
+    result = run(cfg)
+    return 0 if result is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
