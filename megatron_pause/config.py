@@ -145,6 +145,8 @@ class TrainingConfig:
     # On a NaN/Inf loss: stop with a clear error (default) or skip the step.
     skip_nonfinite_steps: bool = False
     exit_duration_in_mins: float | None = None
+    # Stop (saving first, with --save) after an iteration divisible by this.
+    exit_interval: int | None = None
 
 
 @dataclass

@@ -141,8 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"megatron_pause: {e}", file=sys.stderr)
         return 2
-    result = run(cfg)
-    return 0 if result is not None else 1
+    from megatron_pause.training.step import NonFiniteLoss
+
+    try:
+        run(cfg)
+    except NonFiniteLoss as e:
+        print(f"megatron_pause: {e}", file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

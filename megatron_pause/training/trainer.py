@@ -39,7 +39,7 @@ class FitResult:
     state: TrainState
     train_losses: list[float]
     valid_losses: list[tuple[int, float]]
-    stopped_by: str  # "train_iters" | "signal" | "duration" | "skip_train"
+    stopped_by: str  # "train_iters" | "signal" | "exit_interval" | "duration" | "skip_train"
 
 
 class StopSignal:
@@ -141,6 +141,10 @@ class Trainer:
                 if stop.any_rank():
                     stopped_by = "signal"
                     self.log.info(f"received a stop signal at iteration {it}: saving and exiting")
+                    break
+                if t.exit_interval and it % t.exit_interval == 0:
+                    stopped_by = "exit_interval"
+                    self.log.info(f"--exit-interval {t.exit_interval} reached at iteration {it}")
                     break
                 if t.exit_duration_in_mins and (time.monotonic() - start_time) / 60 >= t.exit_duration_in_mins:
                     stopped_by = "duration"
