@@ -78,6 +78,7 @@ PATCHED_MODULES: dict[str, str] = {
     "megatron.core.utils": 'local_multi_tensor_l2_norm result on device="cuda"',
     "megatron.core.tensor_parallel.random": "RNG tracker: torch.cuda.get/set_rng_state, manual_seed",
     "megatron.core.tensor_parallel.layers": "weights on current_device without use_cpu_initialization",
+    "megatron.core.tensor_parallel.mappings": "sequence-parallel gather/scatter buffers on current_device",
     "megatron.core.dist_checkpointing.strategies.state_dict_saver": "sync tensors on current_device",
     "megatron.core.dist_checkpointing.exchange_utils": 'exchange buffers on device="cuda"',
     "megatron.core.dist_checkpointing.strategies.filesystem_async": "torch.cuda.synchronize before writing",
@@ -92,6 +93,9 @@ PATCHED_FUNCTIONS: dict[str, str] = {
     "megatron.core.optimizer.optimizer.Float16OptimizerWithFloat16Params.__init__": "param.type() CUDA names",
     "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer._build_model_and_main_param_groups": (
         "param.type() CUDA names"
+    ),
+    "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero": (
+        "send_tensor.cuda() when gathering optimizer state for a checkpoint"
     ),
     "megatron.core.optimizer.clip_grads.get_grad_norm_fp32": "grad.type() == 'torch.cuda.FloatTensor'",
     "megatron.core.optimizer.clip_grads.clip_grad_by_total_norm_fp32": "grad.type() CUDA names",
