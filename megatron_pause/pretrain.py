@@ -75,12 +75,15 @@ def run(cfg: PretrainConfig):
         state = TrainState()
         if cfg.checkpoint.load:
             finetune = cfg.checkpoint.finetune
+            # With --finetune only weights are taken, but the optimizer is still
+            # passed: under bf16/fp16 its fp32 main params must pick them up.
             loaded = checkpoint.load_checkpoint(
                 cfg.checkpoint.load, chunks,
-                optimizer=None if finetune else optimizer,
+                optimizer=optimizer,
                 scheduler=None if finetune else scheduler,
                 sharding_type=cfg.checkpoint.dist_ckpt_optim_sharding,
                 load_rng=not finetune,
+                load_optimizer_state=not finetune,
             )  # fmt: skip
             if loaded is None:
                 log.info(f"no checkpoint under --load {cfg.checkpoint.load}: starting from scratch")

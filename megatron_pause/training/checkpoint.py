@@ -5,55 +5,153 @@ Layout of ``--save DIR``::
     DIR/latest_checkpointed_iteration.txt   # tracker: the newest *complete* checkpoint
     DIR/iter_0000100/                       # one dist_checkpointing directory per save
         (torch_dist shards + metadata)
-        megatron_pause.json                 # resolved PretrainConfig + train state, human-readable
+        megatron_pause.json                 # iteration, train state, layout, resolved config
 
-A save first writes ``iter_XXXXXXX.partial/``, waits for every rank, renames it
-to its final name and only then rewrites the tracker (tmp file + rename). A
-save killed at any point therefore leaves the previous checkpoint complete and
-the tracker pointing at it; stale ``.partial`` directories are ignored.
+**Atomicity.** A save writes ``iter_XXXXXXX.partial/``, waits for every rank,
+writes ``megatron_pause.json`` into it, renames it to its final name and only
+then rewrites the tracker (tmp file + fsync + rename). A save killed at any
+point therefore leaves the previous checkpoint complete and the tracker
+pointing at it; a stale ``.partial`` directory is never read and is replaced
+by the next save of that iteration. Re-saving an iteration that already exists
+(SIGTERM right after a periodic save) moves the old directory to ``.old``
+before the new one takes its name, and :func:`latest_iteration` falls back to
+``.old`` if a kill lands between those two renames.
 
-All model chunks are saved under one ``model`` key. megatron's sharded
-tensors name layers by their *global* number, so a checkpoint written at one
-TP/PP/virtual-PP layout loads at any other (resharding); the optimizer state
-is saved ``fully_reshardable`` by default (``dp_reshardable`` is smaller but
-only reshards across DP).
+**What is saved.** All model chunks under one ``model`` key (megatron's
+sharded tensors name layers by their *global* number, so a checkpoint written
+at one TP/PP/virtual-PP layout loads at any other); the optimizer
+(``distrib_optim_sharding_type`` passed explicitly: 0.16.1's default for the
+distributed optimizer, ``fully_sharded_model_space``, fails to save with
+"ShardedTensor.flattened_range is not supported"; ``fully_reshardable``
+reshards across TP/PP/DP, ``dp_reshardable`` only across DP); the LR
+scheduler; the caller's train state (iteration, consumed samples, data
+position); per-rank RNG streams.
+
+**Optimizer traps with torch's AdamW** (megatron-core 0.16.1 without apex/TE):
+
+- AdamW has no state before its first step, and the distributed optimizer's
+  ``state_dict()`` asserts on exactly one common ``step`` -- so a save at
+  iteration 0, or building the load template on a fresh optimizer, fails. We
+  first give every parameter the state AdamW's first step would create
+  (zero moments, ``step`` = 0), which changes nothing numerically.
+- megatron's non-distributed optimizers save the step only if it is truthy,
+  so a checkpoint saved at step 0 has none and torch's ``load_state_dict``
+  raises ``KeyError('step')``; we put the step recorded in
+  ``megatron_pause.json`` back. The distributed optimizer's per-parameter copy
+  expects a ``step`` among the loaded tensors, which the ``fully_reshardable``
+  format never has (``KeyError('step')`` again) and which in
+  ``dp_reshardable`` is the *template's* stale value; we hide the step from
+  that copy (it is restored from the parameter groups).
+- After ``load_state_dict`` the distributed optimizer hands every parameter
+  the *same* ``step`` tensor; AdamW increments it once per parameter, so bias
+  correction is silently wrong after a resume. We give each parameter its own
+  copy (the bitwise-resume test in ``tests/test_checkpoint.py`` catches this).
+
+RNG streams are restored only when world size, TP and PP match the saved
+layout: at another layout rank *r*'s stream means something else, and the
+resharded run is not expected to be bitwise anyway.
+
+Saves are synchronous (the in-process result queue of
+:func:`megatron_pause.platform.use_in_process_checkpoint_queue` replaces
+megatron's spawned Manager).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import random
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_pause import platform
 
+logger = logging.getLogger(__name__)
+
 TRACKER = "latest_checkpointed_iteration.txt"
 CONFIG_FILE = "megatron_pause.json"
+SHARDING_TYPES = ("fully_reshardable", "dp_reshardable")
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is unusable (corrupt tracker, missing or incompatible checkpoint)."""
+
+
+# ---------------------------------------------------------------------------
+# Directory layout and tracker
 
 
 def iteration_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
 
+def _is_complete(path: str) -> bool:
+    # megatron_pause.json is written after every rank finished writing, before the rename.
+    return os.path.isfile(os.path.join(path, CONFIG_FILE))
+
+
+def _complete_dir(root: str, iteration: int) -> str:
+    """The complete directory of ``iteration``: its final name, or ``.old`` if a
+    re-save of the same iteration was killed between its two renames."""
+    final = iteration_dir(root, iteration)
+    for path in (final, final + ".old"):
+        if _is_complete(path):
+            return path
+    tracker = os.path.join(root, TRACKER)
+    raise CheckpointError(
+        f"{tracker} names iteration {iteration} but {final} is missing or incomplete "
+        f"(no {CONFIG_FILE}); the checkpoint directory was modified outside training. "
+        f"Point --load at a directory with a complete checkpoint, or fix the tracker."
+    )
+
+
 def latest_iteration(root: str | None) -> int | None:
-    """The iteration named by the tracker, or None when there is no complete checkpoint."""
-    if not root:
+    """The iteration named by the tracker; None when ``root`` holds no checkpoint at all.
+
+    Raises :class:`CheckpointError` for a corrupt tracker, a tracker naming a
+    missing checkpoint, or checkpoint directories without a tracker.
+    """
+    if not root or not os.path.isdir(root):
         return None
     path = os.path.join(root, TRACKER)
     if not os.path.exists(path):
+        if _is_complete(root):
+            raise CheckpointError(
+                f"{root} is a single checkpoint directory; pass its parent directory "
+                f"({os.path.dirname(os.path.abspath(root))}) to --load"
+            )
+        complete = sorted(
+            d
+            for d in os.listdir(root)
+            if d.startswith("iter_") and "." not in d and _is_complete(os.path.join(root, d))
+        )
+        if complete:
+            raise CheckpointError(
+                f"{root} has checkpoints ({', '.join(complete)}) but no {TRACKER}; the tracker was deleted "
+                f"or a save was killed right before writing it. Write the iteration to load into {path} "
+                f"(e.g. `echo {int(complete[-1][5:])} > {path}`)"
+            )
         return None
-    text = open(path).read().strip()
+    with open(path) as f:
+        text = f.read().strip()
     try:
         iteration = int(text)
     except ValueError as e:
-        raise ValueError(f"checkpoint tracker {path} is corrupt: {text!r}") from e
-    if not os.path.isdir(iteration_dir(root, iteration)):
-        raise FileNotFoundError(f"{path} names iteration {iteration} but {iteration_dir(root, iteration)} is missing")
+        raise CheckpointError(
+            f"checkpoint tracker {path} is corrupt: {text[:80]!r} is not an iteration number"
+        ) from e
+    if iteration < 0:
+        raise CheckpointError(f"checkpoint tracker {path} is corrupt: negative iteration {iteration}")
+    _complete_dir(root, iteration)
     return iteration
 
 
@@ -64,6 +162,26 @@ def _write_atomic(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename durable (the directory entry), not just the file's bytes."""
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# State pieces
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(module, "module"):  # DDP, Float16Module
+        module = module.module
+    return module
 
 
 def model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict[str, Any]:
@@ -73,17 +191,27 @@ def model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict[str, Any]:
     return {f"chunk{i}": _unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(module, "module"):
-        module = module.module
-    return module
+def _layout() -> dict[str, int | None]:
+    return {
+        "world_size": torch.distributed.get_world_size(),
+        "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+        "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
+        "virtual_pipeline_model_parallel_size": parallel_state.get_virtual_pipeline_model_parallel_world_size(),
+        "data_parallel_size": parallel_state.get_data_parallel_world_size(),
+    }
+
+
+_RNG_LAYOUT_KEYS = ("world_size", "tensor_model_parallel_size", "pipeline_model_parallel_size")
 
 
 def _rng_sharded_state() -> ShardedObject:
-    """Per-rank RNG streams (CPU, CUDA if present, megatron's tracker)."""
+    """This rank's RNG streams: Python, NumPy, torch CPU, CUDA if present, and
+    megatron's model-parallel tracker. One shard per global rank."""
     from megatron.core import tensor_parallel
 
     state = {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
@@ -93,8 +221,131 @@ def _rng_sharded_state() -> ShardedObject:
     return ShardedObject("rng_state", state, (world,), (rank,), replica_id=0)
 
 
+def _restore_rng(state: dict[str, Any]) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
 def _optimizer_metadata(sharding_type: str) -> dict[str, Any]:
     return {"distrib_optim_sharding_type": sharding_type, "chained_optim_avoid_prefix": True}
+
+
+def _megatron_optimizers(optimizer: Any) -> list[Any]:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _optimizer_kind(optimizer: Any) -> list[str]:
+    """Class names of the megatron optimizers: their checkpoint formats differ
+    (FP32Optimizer / Float16Optimizer... / DistributedOptimizer)."""
+    return [type(o).__name__ for o in _megatron_optimizers(optimizer)]
+
+
+def _torch_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
+    # Stub optimizers (a rank without parameters in a group) have optimizer None.
+    return [o.optimizer for o in _megatron_optimizers(optimizer) if getattr(o, "optimizer", None) is not None]
+
+
+def _complete_adam_state(optimizer: Any) -> float | None:
+    """Give every parameter the state AdamW's first step would create, keeping
+    whatever exists; every ``step`` becomes its own tensor with the common value.
+
+    Called before building a save/load state dict (the distributed optimizer's
+    ``state_dict()`` needs a step on every parameter) and after loading (a
+    checkpoint saved at step 0 carries no step; the distributed optimizer's
+    load hands all parameters one shared step tensor). Returns the step
+    (None on a rank without parameters)."""
+    all_steps = set()
+    for opt in _torch_optimizers(optimizer):
+        if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+            raise TypeError(
+                f"checkpointing supports torch Adam/AdamW inner optimizers, got {type(opt).__name__}"
+            )
+        steps = {float(s["step"]) for s in opt.state.values() if "step" in s}
+        if len(steps) > 1:
+            raise CheckpointError(
+                f"optimizer parameters are at different steps {sorted(steps)}; expected one"
+            )
+        step = steps.pop() if steps else 0.0
+        all_steps.add(step)
+        for group in opt.param_groups:
+            on_param = group.get("capturable") or group.get("fused")
+            for p in group["params"]:
+                state = opt.state[p]
+                # Same tensors as torch.optim.AdamW._init_group creates on the first step.
+                state["step"] = torch.tensor(step, dtype=torch.float32, device=p.device if on_param else None)
+                for key in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group.get("amsgrad") else ()):
+                    if key not in state:
+                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if len(all_steps) > 1:
+        raise CheckpointError(f"chained optimizers are at different steps {sorted(all_steps)}; expected one")
+    return all_steps.pop() if all_steps else None
+
+
+def _add_missing_common_step(tree: Any, step: float) -> None:
+    """megatron's non-distributed optimizers save AdamW's step once, as
+    ``state['common_step']`` -- but only if it is truthy, so a checkpoint saved
+    before the first update has none and torch's ``load_state_dict`` fails with
+    ``KeyError('step')``. Put the saved step back for megatron to distribute."""
+    if not isinstance(tree, dict):
+        return
+    state = tree.get("state")
+    if isinstance(state, dict) and "param_groups" in tree:
+        if "common_step" not in state and any(
+            isinstance(v, dict) and "step" not in v for v in state.values()
+        ):
+            state["common_step"] = torch.tensor(float(step), dtype=torch.float32)
+        return
+    for value in tree.values():
+        _add_missing_common_step(value, step)
+
+
+@contextlib.contextmanager
+def _distributed_optimizer_loads_without_step(optimizer: Any) -> Iterator[None]:
+    """While loading, hide AdamW's ``step`` from the distributed optimizer's
+    per-parameter state copy.
+
+    ``DistributedOptimizer._set_main_param_and_optimizer_states`` copies every
+    key of the live state from the loaded tensors. The step is not among the
+    loaded tensors in the ``fully_reshardable`` format (``KeyError('step')``),
+    and in ``dp_reshardable`` it is the *template's* step (the value before the
+    load), which would overwrite the step just restored from the checkpoint's
+    parameter groups. The step is restored from the parameter groups either way.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    patched = []
+    for opt in _megatron_optimizers(optimizer):
+        if not isinstance(opt, DistributedOptimizer):
+            continue
+        original = opt._set_main_param_and_optimizer_states
+
+        def without_step(model_param, tensors, _opt=opt, _original=original):
+            group_index, group_order = _opt.model_param_group_index_map[model_param]
+            state = _opt.optimizer.state[_opt.optimizer.param_groups[group_index]["params"][group_order]]
+            step = state.pop("step", None)
+            try:
+                _original(model_param, {k: v for k, v in tensors.items() if k != "step"})
+            finally:
+                if step is not None:
+                    state["step"] = step
+
+        opt._set_main_param_and_optimizer_states = without_step  # this instance only
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states
+
+
+# ---------------------------------------------------------------------------
+# Save
 
 
 def save_checkpoint(
@@ -107,18 +358,32 @@ def save_checkpoint(
     config_dict: dict[str, Any],
     sharding_type: str = "fully_reshardable",
 ) -> str:
-    """Collective over all ranks. Returns the final checkpoint directory."""
+    """Save a complete checkpoint of ``iteration`` under ``root`` and point the
+    tracker at it. Collective over all ranks; synchronous. Returns the final
+    checkpoint directory.
+
+    ``train_state`` (picklable; JSON-friendly values are also written to
+    ``megatron_pause.json``) is returned by :func:`load_checkpoint`;
+    ``config_dict`` is the resolved run configuration, stored for
+    :func:`checkpoint_config`.
+    """
+    if sharding_type not in SHARDING_TYPES:
+        raise ValueError(f"optimizer sharding type must be one of {SHARDING_TYPES}, got {sharding_type!r}")
+    if iteration < 0:
+        raise ValueError(f"iteration must be >= 0, got {iteration}")
     final = iteration_dir(root, iteration)
     partial = final + ".partial"
     rank = torch.distributed.get_rank()
     if rank == 0:
         os.makedirs(root, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # a stale one from a killed save
         os.makedirs(partial)
     torch.distributed.barrier()
 
     state: dict[str, Any] = {"model": model_sharded_state_dict(chunks)}
+    optimizer_step = None
     if optimizer is not None:
+        optimizer_step = _complete_adam_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(
             state["model"], is_loading=False, metadata=_optimizer_metadata(sharding_type)
         )
@@ -128,17 +393,38 @@ def save_checkpoint(
     state["rng_state"] = _rng_sharded_state()
     platform.use_in_process_checkpoint_queue()
     dist_checkpointing.save(state, partial)
+    torch.distributed.barrier()  # every rank's shards are on disk
 
-    torch.distributed.barrier()
     if rank == 0:
-        meta = {"iteration": iteration, "train_state": train_state, "config": config_dict}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "iteration": iteration,
+            "train_state": train_state,
+            "layout": _layout(),
+            "optimizer": None if optimizer is None else {
+                "kind": _optimizer_kind(optimizer), "sharding_type": sharding_type, "step": optimizer_step,
+            },
+            "has_scheduler": scheduler is not None,
+            "config": config_dict,
+        }  # fmt: skip
         _write_atomic(os.path.join(partial, CONFIG_FILE), json.dumps(meta, indent=2, default=str))
-        if os.path.exists(final):  # re-saving the same iteration (e.g. SIGTERM right after a save)
-            shutil.rmtree(final)
+        old = final + ".old"
+        if os.path.exists(final):
+            # Re-saving an iteration (e.g. SIGTERM right after a periodic save). The tracker may
+            # name it: keep it complete under ``.old`` until the new one is in place. (Without
+            # ``final``, an ``.old`` left by a killed re-save is the complete copy: keep it too.)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(partial, final)
+        _fsync_dir(root)
         _write_atomic(os.path.join(root, TRACKER), str(iteration))
+        shutil.rmtree(old, ignore_errors=True)
     torch.distributed.barrier()
     return final
+
+
+# ---------------------------------------------------------------------------
+# Load
 
 
 def load_checkpoint(
@@ -146,54 +432,110 @@ def load_checkpoint(
     chunks: list[torch.nn.Module],
     optimizer: Any | None = None,
     scheduler: Any | None = None,
-    sharding_type: str = "fully_reshardable",
+    sharding_type: str | None = None,
     iteration: int | None = None,
     load_rng: bool = True,
+    load_optimizer_state: bool = True,
 ) -> tuple[int, dict[str, Any]] | None:
-    """Load the tracker's (or the given) iteration into the chunks, and
-    optionally the optimizer/scheduler/RNG. Returns (iteration, train_state),
-    or None when ``root`` holds no complete checkpoint."""
+    """Load the tracker's (or the given) iteration into ``chunks`` and, if
+    given, the optimizer, scheduler and RNG streams. Collective over all ranks.
+
+    Returns ``(iteration, train_state)``, or None when ``root`` holds no
+    checkpoint (no tracker and no checkpoint directories; training then starts
+    fresh). The optimizer state is read in the sharding type it was saved
+    with; a different ``sharding_type`` (the one new saves will use) is noted.
+    With ``load_optimizer_state=False`` (fine-tuning) only the weights load
+    and the optimizer's main parameters are refreshed from them. Raises
+    :class:`CheckpointError` for a corrupt or incompatible checkpoint.
+    """
     if iteration is None:
         iteration = latest_iteration(root)
         if iteration is None:
+            if torch.distributed.get_rank() == 0:
+                logger.info("no checkpoint under %s: starting from scratch", root)
             return None
-    path = iteration_dir(root, iteration)
+    path = _complete_dir(root, iteration)
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+        meta = json.load(f)
+
+    with_optimizer = optimizer is not None and load_optimizer_state
+    if with_optimizer:
+        saved = meta.get("optimizer")
+        if saved is None:
+            raise CheckpointError(
+                f"{path} has no optimizer state; load weights only (--finetune) to start a new optimizer"
+            )
+        if saved["kind"] != _optimizer_kind(optimizer):
+            raise CheckpointError(
+                f"{path} holds a {saved['kind']} state but this run uses {_optimizer_kind(optimizer)}: "
+                "--use-distributed-optimizer and --bf16/--fp16 must match the run that saved it "
+                "(or load weights only with --finetune)"
+            )
+        # A checkpoint can only be read in the format it was written in.
+        if (
+            sharding_type is not None
+            and sharding_type != saved["sharding_type"]
+            and torch.distributed.get_rank() == 0
+        ):
+            logger.info(
+                "%s holds optimizer state sharded %r: loading it as such (new saves use %r)",
+                path, saved["sharding_type"], sharding_type,
+            )  # fmt: skip
+        sharding_type = saved["sharding_type"]
+
+    saved_layout = meta.get("layout", {})
+    layout = _layout()
+    same_layout = all(saved_layout.get(k) == layout[k] for k in _RNG_LAYOUT_KEYS)
+    restore_rng = load_rng and same_layout
+    if load_rng and not same_layout and torch.distributed.get_rank() == 0:
+        logger.info(
+            "checkpoint %s was saved at layout %s, this run is %s: RNG states not restored",
+            path, {k: saved_layout.get(k) for k in _RNG_LAYOUT_KEYS}, {k: layout[k] for k in _RNG_LAYOUT_KEYS},
+        )  # fmt: skip
+
     state: dict[str, Any] = {"model": model_sharded_state_dict(chunks)}
-    if optimizer is not None:
+    if with_optimizer:
+        _complete_adam_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(
             state["model"], is_loading=True, metadata=_optimizer_metadata(sharding_type)
         )
-    if load_rng:
+    if restore_rng:
         state["rng_state"] = _rng_sharded_state()
-    with torch.no_grad():  # dp_reshardable loads write into parameters in place
+    with torch.no_grad():  # dp_reshardable loads write into (main) parameters in place
         loaded = dist_checkpointing.load(state, path)
-    for i, chunk in enumerate(chunks):
-        _unwrap(chunk).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
-    if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
-    if scheduler is not None and "opt_param_scheduler" in loaded:
+        for i, chunk in enumerate(chunks):
+            _unwrap(chunk).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
+        if with_optimizer:
+            _add_missing_common_step(loaded["optimizer"], meta["optimizer"].get("step") or 0.0)
+            with _distributed_optimizer_loads_without_step(optimizer):
+                optimizer.load_state_dict(loaded["optimizer"])
+            step = _complete_adam_state(optimizer)
+            if step is not None and meta["optimizer"].get("step") not in (None, step):
+                raise CheckpointError(
+                    f"optimizer step after loading {path} is {step}, the checkpoint says {meta['optimizer']['step']}"
+                )
+        elif optimizer is not None:
+            optimizer.reload_model_params()  # main (fp32) params from the loaded weights
+    if scheduler is not None and load_optimizer_state:
+        if "opt_param_scheduler" not in loaded:
+            raise CheckpointError(f"{path} has no LR scheduler state")
+        # OptimizerParamScheduler.load_state_dict *adds* the saved step count.
+        scheduler.num_steps = 0
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
-    if load_rng and "rng_state" in loaded:
+    if restore_rng:
         _restore_rng(loaded["rng_state"])
-    train_state = dict(loaded.get("train_state", {}))
-    return iteration, train_state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    from megatron.core import tensor_parallel
-
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    if torch.distributed.get_rank() == 0:
+        logger.info("loaded checkpoint %s (iteration %d)", path, iteration)
+    return iteration, dict(loaded.get("train_state", {}))
 
 
 def checkpoint_config(root: str, iteration: int | None = None) -> dict[str, Any]:
-    """The resolved configuration stored with a checkpoint."""
+    """The metadata stored with a checkpoint: ``iteration``, ``train_state``,
+    ``layout``, ``optimizer`` and the resolved run ``config``."""
     iteration = latest_iteration(root) if iteration is None else iteration
     if iteration is None:
-        raise FileNotFoundError(f"no complete checkpoint under {root}")
-    with open(os.path.join(iteration_dir(root, iteration), CONFIG_FILE)) as f:
+        raise CheckpointError(f"no checkpoint under {root}")
+    with open(os.path.join(_complete_dir(root, iteration), CONFIG_FILE)) as f:
         return json.load(f)
 
 
