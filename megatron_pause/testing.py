@@ -75,7 +75,14 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
         pid = os.fork()
         if pid == 0:
             os.close(r)
+            # Own process group, so that killing a rank also kills what it
+            # forked (megatron's checkpoint writer processes).
+            os.setpgid(0, 0)
             _child(fn, rank, world_size, port, w, args, kwargs)
+        try:
+            os.setpgid(pid, pid)  # also from the parent: no race with the child's own call
+        except (PermissionError, ProcessLookupError):
+            pass
         os.close(w)
         procs[rank] = (pid, r)
 
@@ -108,8 +115,8 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
     for rank, (pid, _) in procs.items():
         if rank in failed or rank in timed_out or failed:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
         os.waitpid(pid, 0)
     for fd in open_fds:
