@@ -208,9 +208,13 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # A few seconds per step on a 2-core CPU.
     "tiny": dict(num_layers=4, hidden_size=128, ffn_hidden_size=344, num_attention_heads=4, seq_length=128),
     # ~85M non-embedding parameters + embeddings ~= 130M with a 32k vocab.
-    "130m": dict(num_layers=12, hidden_size=768, ffn_hidden_size=2048, num_attention_heads=12, seq_length=1024),
+    "130m": dict(
+        num_layers=12, hidden_size=768, ffn_hidden_size=2048, num_attention_heads=12, seq_length=1024
+    ),
     # ~1.0B non-embedding + ~0.13B (untied) embeddings with a 32k vocab.
-    "1b": dict(num_layers=24, hidden_size=2048, ffn_hidden_size=4096, num_attention_heads=16, seq_length=2048),
+    "1b": dict(
+        num_layers=24, hidden_size=2048, ffn_hidden_size=4096, num_attention_heads=16, seq_length=2048
+    ),
 }
 
 

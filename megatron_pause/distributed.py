@@ -34,17 +34,27 @@ def launch_env() -> LaunchEnv:
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+        rank, world, local = (
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+        )
     else:
         rank, world, local = 0, 1, 0
-    return LaunchEnv(rank, world, local, env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")))
+    return LaunchEnv(
+        rank, world, local, env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500"))
+    )
 
 
 def init_distributed(
-    parallel: ParallelConfig, num_layers: int, seed: int, launch: LaunchEnv | None = None, timeout_s: float = 600
+    parallel: ParallelConfig,
+    num_layers: int,
+    seed: int,
+    launch: LaunchEnv | None = None,
+    timeout_s: float = 600,
 ) -> LaunchEnv:
     """Start the default process group and megatron's parallel groups; seed RNGs."""
-    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core import parallel_state
 
     platform.install()
     launch = launch or launch_env()

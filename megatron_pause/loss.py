@@ -29,12 +29,18 @@ class PauseMaskedLoss:
     def __call__(
         self, loss_mask: torch.Tensor, labels: torch.Tensor, per_token_loss: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        mask = loss_mask.float() if self.pause_id is None else pause_loss_mask(labels, self.pause_id, loss_mask)
+        mask = (
+            loss_mask.float() if self.pause_id is None else pause_loss_mask(labels, self.pause_id, loss_mask)
+        )
         mask = mask.reshape(-1)
         losses = per_token_loss.float().reshape(-1)
         loss_sum = torch.sum(losses * mask)
         num_tokens = mask.sum().to(torch.int)
-        pause_targets = (labels == self.pause_id).sum() if self.pause_id is not None else torch.zeros((), dtype=torch.long)
+        pause_targets = (
+            (labels == self.pause_id).sum()
+            if self.pause_id is not None
+            else torch.zeros((), dtype=torch.long)
+        )
         report = {
             # [loss sum, token count]: summed over microbatches and DP ranks,
             # their ratio is the global-batch loss.

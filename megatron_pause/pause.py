@@ -82,7 +82,9 @@ def pause_rng(
 
 def document_key(text: str) -> int:
     """A stable 64-bit key for a document, for when no global index is known."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+    )
 
 
 def insert_pauses(tokens: np.ndarray, k: int, pause_id: int, rng: np.random.Generator) -> np.ndarray:
@@ -118,7 +120,9 @@ def insert_pauses_and_trim(
     return insert_pauses(tokens, k, pause_id, rng)[:length]
 
 
-def pause_loss_mask(labels: torch.Tensor, pause_id: int, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+def pause_loss_mask(
+    labels: torch.Tensor, pause_id: int, loss_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Loss mask (float, same shape as ``labels``) that is zero wherever the
     target is ``<pause>``, combined with an existing mask if one is given."""
     keep = (labels != pause_id).to(torch.float32)

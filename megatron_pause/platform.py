@@ -200,7 +200,9 @@ def _make_cuda_standin() -> types.SimpleNamespace:
         manual_seed_all=lambda seed: torch.manual_seed(seed),
         default_generators=(torch.default_generator,),
         random=types.SimpleNamespace(get_rng_state=get_rng_state, set_rng_state=set_rng_state),
-        nvtx=types.SimpleNamespace(range_push=_noop, range_pop=_noop, range=lambda *a, **k: contextlib.nullcontext()),
+        nvtx=types.SimpleNamespace(
+            range_push=_noop, range_pop=_noop, range=lambda *a, **k: contextlib.nullcontext()
+        ),
         memory_allocated=lambda *a, **k: 0,
         max_memory_allocated=lambda *a, **k: 0,
         memory_reserved=lambda *a, **k: 0,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Sequence
+from functools import partial
 
 from megatron_pause.arguments import ConfigError, parse_args, validate_config, validate_vocab
 from megatron_pause.config import PretrainConfig
@@ -67,7 +68,14 @@ def run(cfg: PretrainConfig):
 
         tcfg = transformer_config(cfg.model, cfg.parallel, cfg.precision, cfg.training)
         chunks = build_model_chunks(cfg.model, tcfg, padded_vocab)
-        init_pause_rows(chunks, tokenizer.pause_id, tokenizer.base_vocab_size, cfg.model.pause_init, cfg.model.init_method_std, cfg.training.seed)
+        init_pause_rows(
+            chunks,
+            tokenizer.pause_id,
+            tokenizer.base_vocab_size,
+            cfg.model.pause_init,
+            cfg.model.init_method_std,
+            cfg.training.seed,
+        )
         chunks = wrap_model(chunks, tcfg, cfg.parallel)
         optimizer = build_optimizer(chunks, cfg.optimizer, cfg.parallel, cfg.precision)
         scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.training.train_iters)
@@ -91,17 +99,24 @@ def run(cfg: PretrainConfig):
                 iteration, saved = loaded
                 log.info(f"loaded checkpoint iteration {iteration} from {cfg.checkpoint.load}")
                 if not finetune:
-                    state = TrainState(**{k: v for k, v in saved.items() if k in TrainState.__dataclass_fields__})
+                    state = TrainState(
+                        **{k: v for k, v in saved.items() if k in TrainState.__dataclass_fields__}
+                    )
 
         train_ds, valid_ds = build_datasets(cfg, tokenizer, log)
         dp_rank = parallel_state.get_data_parallel_rank()
         t = cfg.training
         train_loader = None
         if train_ds is not None and not t.skip_train:
-            train_loader = MicrobatchLoader(train_ds, t.micro_batch_size, t.global_batch_size, dp_rank, dp_size, state.consumed_samples)
+            train_loader = MicrobatchLoader(
+                train_ds, t.micro_batch_size, t.global_batch_size, dp_rank, dp_size, state.consumed_samples
+            )
         valid_factory = None
         if valid_ds is not None:
-            valid_factory = lambda: MicrobatchLoader(valid_ds, t.micro_batch_size, t.global_batch_size, dp_rank, dp_size, 0)  # noqa: E731
+            # Every evaluation reads the same first samples of the validation split.
+            valid_factory = partial(
+                MicrobatchLoader, valid_ds, t.micro_batch_size, t.global_batch_size, dp_rank, dp_size, 0
+            )
 
         peak = cfg.logging.peak_flops or detect_peak_flops(cfg.precision.params_dtype_name)
         if peak and cfg.precision.fp8_format:

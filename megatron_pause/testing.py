@@ -65,7 +65,9 @@ def _child(fn: Callable[..., Any], rank: int, world_size: int, port: int, wfd: i
     os._exit(0)
 
 
-def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 180, **kwargs: Any) -> list[Any]:
+def run_distributed(
+    fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 180, **kwargs: Any
+) -> list[Any]:
     """Call ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` forked
     gloo ranks; return the per-rank results (picklable) in rank order."""
     port = free_port()
@@ -125,8 +127,12 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
         first = min(failed)
         others = ", ".join(str(r) for r in sorted(failed) if r != first)
         raise DistributedFailure(
-            f"rank {first} of {world_size} failed" + (f" (also ranks {others})" if others else "") + f":\n{failed[first]}"
+            f"rank {first} of {world_size} failed"
+            + (f" (also ranks {others})" if others else "")
+            + f":\n{failed[first]}"
         )
     if timed_out:
-        raise DistributedFailure(f"ranks {timed_out} of {world_size} did not finish within {timeout:.0f} s (killed)")
+        raise DistributedFailure(
+            f"ranks {timed_out} of {world_size} did not finish within {timeout:.0f} s (killed)"
+        )
     return [buffers[rank] for rank in range(world_size)]

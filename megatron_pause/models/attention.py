@@ -38,7 +38,9 @@ class SDPAttention(MegatronModule):
     ) -> None:
         super().__init__(config=config)
         if config.context_parallel_size != 1:
-            raise ValueError("SDPAttention does not support context parallelism; use the Transformer Engine spec")
+            raise ValueError(
+                "SDPAttention does not support context parallelism; use the Transformer Engine spec"
+            )
         if attn_mask_type not in (AttnMaskType.causal, AttnMaskType.padding, AttnMaskType.no_mask):
             raise ValueError(f"SDPAttention supports causal/padding/no_mask attention, got {attn_mask_type}")
         tp_size = pg_collection.tp.size() if pg_collection is not None else _tp_world_size()
@@ -74,7 +76,11 @@ class SDPAttention(MegatronModule):
         gqa = self.heads_per_partition != self.groups_per_partition
         # Dropout must draw from the model-parallel RNG stream so that each TP
         # rank drops different heads, as megatron's own attention does.
-        ctx = tensor_parallel.get_cuda_rng_tracker().fork() if dropout_p > 0 and not self.config.sequence_parallel else _null()
+        ctx = (
+            tensor_parallel.get_cuda_rng_tracker().fork()
+            if dropout_p > 0 and not self.config.sequence_parallel
+            else _null()
+        )
         with ctx:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and sq > 1,

@@ -26,7 +26,11 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.spec_utils import ModuleSpec
-from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules, get_num_layers_to_build
+from megatron.core.transformer.transformer_block import (
+    TransformerBlock,
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_pause import platform
@@ -64,7 +68,11 @@ def transformer_config(
     vpp = parallel.virtual_pipeline_size(model.num_layers)
     fp8 = {}
     if precision.fp8_format is not None:
-        fp8 = dict(fp8=precision.fp8_format, fp8_recipe="delayed", fp8_dot_product_attention=precision.fp8_dot_product_attention)
+        fp8 = dict(
+            fp8=precision.fp8_format,
+            fp8_recipe="delayed",
+            fp8_dot_product_attention=precision.fp8_dot_product_attention,
+        )
     return TransformerConfig(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -156,7 +164,9 @@ def build_gpt_model(
     return gpt.to(platform.device())
 
 
-def build_model_chunks(model: ModelConfig, config: TransformerConfig, padded_vocab_size: int) -> list[GPTModel]:
+def build_model_chunks(
+    model: ModelConfig, config: TransformerConfig, padded_vocab_size: int
+) -> list[GPTModel]:
     """All chunks this rank holds: one per virtual pipeline stage (or just one)."""
     vpp = config.virtual_pipeline_model_parallel_size
     stages = range(vpp) if vpp else [None]

@@ -18,7 +18,9 @@ class Norm:
     ``__new__`` returns a torch module, because megatron's ``build_module``
     instantiates classes but passes plain functions through uncalled."""
 
-    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **unused) -> torch.nn.Module:
+    def __new__(
+        cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **unused
+    ) -> torch.nn.Module:
         if config.normalization == "RMSNorm":
             norm = torch.nn.RMSNorm(hidden_size, eps=eps, dtype=config.params_dtype)
         elif config.normalization == "LayerNorm":

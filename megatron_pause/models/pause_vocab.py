@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.utils import unwrap_model
 
 
 @dataclass(frozen=True)
@@ -44,18 +45,12 @@ def vocab_shard(padded_vocab_size: int, tp_rank: int, tp_size: int) -> VocabShar
     return VocabShard(tp_rank * per, (tp_rank + 1) * per)
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(module, "module"):
-        module = module.module
-    return module
-
-
 def pause_weight_tables(chunks: list[torch.nn.Module]) -> list[torch.Tensor]:
     """The vocab-sharded weight matrices on this rank: the input embedding
     (first stage) and the output layer (last stage), each once."""
     tables: list[torch.Tensor] = []
     for chunk in chunks:
-        gpt = _unwrap(chunk)
+        gpt = unwrap_model(chunk)
         if getattr(gpt, "pre_process", False):
             tables.append(gpt.embedding.word_embeddings.weight)
         if getattr(gpt, "post_process", False) and gpt.output_layer is not None:

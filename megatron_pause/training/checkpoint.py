@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.utils import unwrap_model
 
 from megatron_pause import platform
 
@@ -178,17 +179,11 @@ def _fsync_dir(path: str) -> None:
 # State pieces
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(module, "module"):  # DDP, Float16Module
-        module = module.module
-    return module
-
-
 def model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict[str, Any]:
     """Sharded state of every chunk. The dict keys are local module names; what
     identifies a tensor on disk is each ShardedTensor's key, which megatron
     makes global (layer numbers offset by stage), so any layout can read it."""
-    return {f"chunk{i}": _unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
+    return {f"chunk{i}": unwrap_model(c).sharded_state_dict() for i, c in enumerate(chunks)}
 
 
 def _layout() -> dict[str, int | None]:
@@ -504,7 +499,7 @@ def load_checkpoint(
     with torch.no_grad():  # dp_reshardable loads write into (main) parameters in place
         loaded = dist_checkpointing.load(state, path)
         for i, chunk in enumerate(chunks):
-            _unwrap(chunk).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
+            unwrap_model(chunk).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
         if with_optimizer:
             _add_missing_common_step(loaded["optimizer"], meta["optimizer"].get("step") or 0.0)
             with _distributed_optimizer_loads_without_step(optimizer):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from megatron_pause.config import PretrainConfig
-from megatron_pause.pause import ONLINE_STREAM, insert_pauses_and_trim, pause_loss_mask_np, pause_rng
+from megatron_pause.pause import ONLINE_STREAM, insert_pauses, num_pauses, pause_loss_mask_np, pause_rng
 
 
 @dataclass
@@ -36,15 +36,20 @@ class MockTokenizer:
     def vocab_size(self) -> int:
         return self.base_vocab_size + 1
 
-    def padded_vocab_size(self, make_vocab_size_divisible_by: int = 128, tensor_model_parallel_size: int = 1) -> int:
-        multiple = make_vocab_size_divisible_by * tensor_model_parallel_size
-        return -(-self.vocab_size // multiple) * multiple
+    def padded_vocab_size(
+        self, make_vocab_size_divisible_by: int = 128, tensor_model_parallel_size: int = 1
+    ) -> int:
+        from megatron_pause.tokenizer import padded_vocab_size
+
+        return padded_vocab_size(self.vocab_size, make_vocab_size_divisible_by, tensor_model_parallel_size)
 
 
 class MockPauseDataset(torch.utils.data.Dataset):
     """Random token windows, deterministic in (seed, index), with online pauses."""
 
-    def __init__(self, num_samples: int, seq_length: int, tokenizer: MockTokenizer, pause_fraction: float, seed: int):
+    def __init__(
+        self, num_samples: int, seq_length: int, tokenizer: MockTokenizer, pause_fraction: float, seed: int
+    ):
         self.num_samples = num_samples
         self.seq_length = seq_length
         self.tok = tokenizer
@@ -57,9 +62,11 @@ class MockPauseDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, 7, index])
         window = rng.integers(1, self.tok.base_vocab_size, size=self.seq_length + 1, dtype=np.int64)
-        window = insert_pauses_and_trim(
-            window, self.pause_fraction, self.tok.pause_id, pause_rng(self.seed, index, ONLINE_STREAM), self.seq_length + 1
-        )
+        # The dataset's recipe: num_pauses(seq_length) pauses into the
+        # (seq_length + 1)-token window, trimmed back to the window.
+        k = num_pauses(self.seq_length, self.pause_fraction)
+        rng = pause_rng(self.seed, index, ONLINE_STREAM)
+        window = insert_pauses(window, k, self.tok.pause_id, rng)[: self.seq_length + 1]
         tokens, labels = window[:-1], window[1:]
         return {
             "tokens": torch.from_numpy(tokens.copy()),
@@ -91,9 +98,9 @@ def build_datasets(cfg: PretrainConfig, tokenizer: Any, log: Any):
     """(train, valid) map-style datasets; either may be None when its split is empty."""
     n_train, n_valid, n_test = num_samples_needed(cfg)
     if cfg.data.mock_data:
-        seed = cfg.training.seed
-        mk = lambda n, s: MockPauseDataset(max(n, 1), cfg.model.seq_length, tokenizer, cfg.pause.pause_fraction, s)  # noqa: E731
-        return mk(n_train, seed), mk(n_valid, seed + 1)
+        seed, seq, frac = cfg.training.seed, cfg.model.seq_length, cfg.pause.pause_fraction
+        train = MockPauseDataset(max(n_train, 1), seq, tokenizer, frac, seed)
+        return train, MockPauseDataset(max(n_valid, 1), seq, tokenizer, frac, seed + 1)
     from megatron_pause.data.dataset import PretrainDataConfig, build_pretraining_datasets
 
     data_cfg = PretrainDataConfig(
@@ -103,6 +110,9 @@ def build_datasets(cfg: PretrainConfig, tokenizer: Any, log: Any):
         pause_fraction=cfg.pause.pause_fraction,
         eod_mask_loss=cfg.data.eod_mask_loss,
         data_cache_path=cfg.data.data_cache_path,
+        # The model builds its causal mask itself; a dense [1, s, s] mask per
+        # sample would only cost time (torch.tril) and memory.
+        create_attention_mask=False,
     )
     train, valid, _ = build_pretraining_datasets(
         data_cfg, tokenizer, cfg.model.seq_length, (n_train, n_valid, n_test)

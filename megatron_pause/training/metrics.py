@@ -46,7 +46,11 @@ class MetricsLogger:
         if self._tb:
             it = record["iteration"]
             for key, value in record.items():
-                if key not in ("iteration", "split") and isinstance(value, (int, float)) and math.isfinite(value):
+                if (
+                    key not in ("iteration", "split")
+                    and isinstance(value, (int, float))
+                    and math.isfinite(value)
+                ):
                     self._tb.add_scalar(f"{record['split']}/{key}", value, it)
             self._tb.flush()
 
@@ -67,7 +71,9 @@ class MetricsLogger:
     def valid(self, iteration: int, lm_loss: float, tokens: int) -> None:
         ppl = math.exp(min(lm_loss, 50.0))
         line = f"validation at iteration {iteration} | lm loss {lm_loss:.4f} | ppl {ppl:.2f} | tokens {tokens:,d}"
-        self._emit({"iteration": iteration, "split": "valid", "lm_loss": lm_loss, "ppl": ppl, "tokens": tokens}, line)
+        self._emit(
+            {"iteration": iteration, "split": "valid", "lm_loss": lm_loss, "ppl": ppl, "tokens": tokens}, line
+        )
 
     def info(self, message: str) -> None:
         if self.enabled:

@@ -17,7 +17,11 @@ from functools import partial
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
 from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -31,7 +35,9 @@ from megatron_pause.config import OptimizerConfig, ParallelConfig, PrecisionConf
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]
 
 
-def wrap_model(chunks: list[torch.nn.Module], config: TransformerConfig, parallel: ParallelConfig) -> list[DistributedDataParallel]:
+def wrap_model(
+    chunks: list[torch.nn.Module], config: TransformerConfig, parallel: ParallelConfig
+) -> list[DistributedDataParallel]:
     """Float16Module for bf16/fp16 (megatron casts inputs/outputs there), then megatron DDP."""
     if config.bf16 or config.fp16:
         chunks = [Float16Module(config, c) for c in chunks]
@@ -53,7 +59,10 @@ def wrap_model(chunks: list[torch.nn.Module], config: TransformerConfig, paralle
 
 
 def build_optimizer(
-    chunks: list[DistributedDataParallel], optim: OptimizerConfig, parallel: ParallelConfig, precision: PrecisionConfig
+    chunks: list[DistributedDataParallel],
+    optim: OptimizerConfig,
+    parallel: ParallelConfig,
+    precision: PrecisionConfig,
 ):
     cfg = MegatronOptimizerConfig(
         optimizer="adam",
@@ -202,12 +211,18 @@ def train_step(
 
 @torch.no_grad()
 def eval_step(
-    chunks: list[torch.nn.Module], forward_step: Callable, microbatches: list[dict], seq_length: int, micro_batch_size: int
+    chunks: list[torch.nn.Module],
+    forward_step: Callable,
+    microbatches: list[dict],
+    seq_length: int,
+    micro_batch_size: int,
 ) -> StepResult:
     for c in chunks:
         c.eval()
     try:
-        reports = forward_backward(chunks, forward_step, microbatches, seq_length, micro_batch_size, forward_only=True)
+        reports = forward_backward(
+            chunks, forward_step, microbatches, seq_length, micro_batch_size, forward_only=True
+        )
     finally:
         for c in chunks:
             c.train()

@@ -146,9 +146,14 @@ class Trainer:
                     stopped_by = "exit_interval"
                     self.log.info(f"--exit-interval {t.exit_interval} reached at iteration {it}")
                     break
-                if t.exit_duration_in_mins and (time.monotonic() - start_time) / 60 >= t.exit_duration_in_mins:
+                if (
+                    t.exit_duration_in_mins
+                    and (time.monotonic() - start_time) / 60 >= t.exit_duration_in_mins
+                ):
                     stopped_by = "duration"
-                    self.log.info(f"--exit-duration-in-mins {t.exit_duration_in_mins} reached at iteration {it}")
+                    self.log.info(
+                        f"--exit-duration-in-mins {t.exit_duration_in_mins} reached at iteration {it}"
+                    )
                     break
             if self.checkpointing.save and not self._just_saved():
                 self.save()
@@ -164,7 +169,13 @@ class Trainer:
         loader = self.valid_loader_factory()
         loss_sum, tokens = 0.0, 0
         for _ in range(self.training.eval_iters):
-            r = eval_step(self.chunks, self.forward_step, loader.next_global_batch(), self.seq_length, self.training.micro_batch_size)
+            r = eval_step(
+                self.chunks,
+                self.forward_step,
+                loader.next_global_batch(),
+                self.seq_length,
+                self.training.micro_batch_size,
+            )
             loss_sum += r.loss_sum
             tokens += r.num_tokens
         loss = loss_sum / max(tokens, 1)
