@@ -64,15 +64,21 @@ def main() -> None:
         share: dict[float, list[float]] = {0.0: [], 0.1: []}
         for rep in range(args.repeats):
             for fraction in (0.0, 0.1) if rep % 2 == 0 else (0.1, 0.0):
-                recs = _run(data, os.path.join(tmp, "cache"), fraction, args.iters, os.path.join(tmp, "m.jsonl"))
+                recs = _run(
+                    data, os.path.join(tmp, "cache"), fraction, args.iters, os.path.join(tmp, "m.jsonl")
+                )
                 times[fraction] += [r["step_time_s"] for r in recs[args.warmup :]]
                 share[fraction] += [r["pause_fraction"] for r in recs]
         base, paused = statistics.median(times[0.0]), statistics.median(times[0.1])
         tokens = 16 * 128
-        print(f"tiny preset, seq 128, global batch 16, {args.repeats} x {args.iters} iterations each, load {os.getloadavg()[0]:.2f}")
+        print(
+            f"tiny preset, seq 128, global batch 16, {args.repeats} x {args.iters} iterations each, load {os.getloadavg()[0]:.2f}"
+        )
         print(f"{'pause fraction':>15} {'median step ms':>15} {'tokens/s':>10} {'pause targets':>14}")
         for fraction, t in ((0.0, base), (0.1, paused)):
-            print(f"{fraction:>15.1f} {1000 * t:>15.1f} {tokens / t:>10,.0f} {100 * statistics.mean(share[fraction]):>13.1f}%")
+            print(
+                f"{fraction:>15.1f} {1000 * t:>15.1f} {tokens / t:>10,.0f} {100 * statistics.mean(share[fraction]):>13.1f}%"
+            )
         print(f"overhead of pause insertion + masking: {100 * (paused / base - 1):+.2f}% (target <= 3%)")
 
 

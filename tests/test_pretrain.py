@@ -52,13 +52,39 @@ def test_resume_is_bitwise_identical(tmp_path):
     ckpt = str(tmp_path / "ckpt")
     common = [*TINY, "--train-iters", "20", "--eval-interval", "100"]
     _pretrain(2, [*common, "--use-distributed-optimizer", "--metrics-file", str(straight)])
-    _pretrain(2, [*common, "--use-distributed-optimizer", "--metrics-file", str(resumed), "--save", ckpt, "--exit-interval", "10"])
+    _pretrain(
+        2,
+        [
+            *common,
+            "--use-distributed-optimizer",
+            "--metrics-file",
+            str(resumed),
+            "--save",
+            ckpt,
+            "--exit-interval",
+            "10",
+        ],
+    )
     assert latest_iteration(ckpt) == 10
-    _pretrain(2, [*common, "--use-distributed-optimizer", "--metrics-file", str(resumed), "--save", ckpt, "--load", ckpt])
+    _pretrain(
+        2,
+        [
+            *common,
+            "--use-distributed-optimizer",
+            "--metrics-file",
+            str(resumed),
+            "--save",
+            ckpt,
+            "--load",
+            ckpt,
+        ],
+    )
     a, b = _metrics(str(straight)), _metrics(str(resumed))
     assert sorted(a) == sorted(b) == list(range(1, 21))
     for it in range(1, 21):
-        assert a[it]["lm_loss"] == b[it]["lm_loss"], f"iteration {it}: {a[it]['lm_loss']} != {b[it]['lm_loss']}"
+        assert a[it]["lm_loss"] == b[it]["lm_loss"], (
+            f"iteration {it}: {a[it]['lm_loss']} != {b[it]['lm_loss']}"
+        )
         assert a[it]["grad_norm"] == b[it]["grad_norm"]
         assert a[it]["lr"] == b[it]["lr"]
     # Mock tokens are uniform noise (nothing to learn), but the losses move from
@@ -111,7 +137,19 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_clear_error(tmp_path):
-    argv = [*TINY, "--train-iters", "30", "--eval-interval", "100", "--lr", "1e30", "--min-lr", "1e29", "--clip-grad", "0"]
+    argv = [
+        *TINY,
+        "--train-iters",
+        "30",
+        "--eval-interval",
+        "100",
+        "--lr",
+        "1e30",
+        "--min-lr",
+        "1e29",
+        "--clip-grad",
+        "0",
+    ]
     assert run_distributed(_main, 1, argv, timeout=300) == [3]  # NonFiniteLoss: message on stderr, exit 3
     metrics = tmp_path / "m.jsonl"
     _pretrain(1, [*argv, "--skip-nonfinite-steps", "--metrics-file", str(metrics)])
