@@ -17,9 +17,18 @@ from megatron_pause.testing import DistributedFailure, run_distributed
 
 
 def _fail_on_rank_1(rank: int, world: int, pid_dir: str) -> int:
-    with open(os.path.join(pid_dir, str(rank)), "w") as f:
+    tmp = os.path.join(pid_dir, f".{rank}")
+    with open(tmp, "w") as f:
         f.write(str(os.getpid()))
+    os.replace(tmp, os.path.join(pid_dir, str(rank)))  # rank 1 must never see a half-written file
     if rank == 1:
+        # Fail only once the others are in the fn (their pid files written), so
+        # the test can check that the harness killed them.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(
+            os.path.exists(os.path.join(pid_dir, str(r))) for r in range(world)
+        ):
+            time.sleep(0.01)
         raise ValueError("boom on rank 1")
     torch.distributed.barrier()  # would wait forever for rank 1
     return rank
