@@ -238,8 +238,16 @@ def test_script_syntax(script):
 )
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_shellcheck(script):
-    proc = subprocess.run(["shellcheck", str(EXAMPLES / script)], capture_output=True, text=True)
+    # -x from the repository root follows `source examples/slurm_pause_job.sh`, so the shared
+    # job body is checked together with the variables each job script defines for it.
+    proc = subprocess.run(
+        ["shellcheck", "-x", str(EXAMPLES / script)], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_shared_slurm_job_body_parses():
+    subprocess.run(["bash", "-n", str(EXAMPLES / "slurm_pause_job.sh")], check=True)
 
 
 # ------------------------------------------------------------------------------------------
