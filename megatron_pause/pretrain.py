@@ -109,7 +109,13 @@ def run(cfg: PretrainConfig):
         train_loader = None
         if train_ds is not None and not t.skip_train:
             train_loader = MicrobatchLoader(
-                train_ds, t.micro_batch_size, t.global_batch_size, dp_rank, dp_size, state.consumed_samples
+                train_ds,
+                t.micro_batch_size,
+                t.global_batch_size,
+                dp_rank,
+                dp_size,
+                state.consumed_samples,
+                num_workers=cfg.data.num_workers,
             )
         valid_factory = None
         if valid_ds is not None:

@@ -6,6 +6,10 @@ rank ``r`` holds samples ``consumed + (j * dp + r) * mbs`` onwards, so the union
 over ranks is exactly the global batch at any DP size -- a resumed run and a
 run at another DP size see the same samples. The position is one integer
 (``consumed_samples``), saved with every checkpoint.
+
+With ``num_workers > 0`` samples are fetched (pauses inserted, masks built)
+by a torch DataLoader's worker processes ahead of the step; the order and
+content are the same as in-process fetching.
 """
 
 from __future__ import annotations
@@ -35,6 +39,31 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
+class _MicrobatchIndices:
+    """Infinite stream of sample-index lists, one per microbatch of this rank."""
+
+    def __init__(self, start: int, mbs: int, gbs: int, dp_rank: int, dp_size: int, length: int) -> None:
+        self.start, self.mbs, self.gbs, self.dp_rank, self.dp_size, self.length = (
+            start,
+            mbs,
+            gbs,
+            dp_rank,
+            dp_size,
+            length,
+        )
+
+    def __iter__(self):
+        consumed = self.start
+        per_rank = self.gbs // (self.mbs * self.dp_size)
+        while True:
+            for j in range(per_rank):
+                first = consumed + (j * self.dp_size + self.dp_rank) * self.mbs
+                # Wrap around a finite dataset (megatron sizes datasets to the
+                # run, so this only triggers for short evaluation sets).
+                yield [(first + k) % self.length for k in range(self.mbs)]
+            consumed += self.gbs
+
+
 class MicrobatchLoader:
     def __init__(
         self,
@@ -44,30 +73,30 @@ class MicrobatchLoader:
         dp_rank: int,
         dp_size: int,
         consumed_samples: int = 0,
+        num_workers: int = 0,
     ) -> None:
         if global_batch_size % (micro_batch_size * dp_size):
             raise ValueError(
                 f"--global-batch-size {global_batch_size} is not divisible by --micro-batch-size {micro_batch_size} "
                 f"x data-parallel size {dp_size}"
             )
-        self.dataset = dataset
         self.mbs = micro_batch_size
         self.gbs = global_batch_size
-        self.dp_rank = dp_rank
-        self.dp_size = dp_size
         self.num_microbatches = global_batch_size // (micro_batch_size * dp_size)
         self.consumed_samples = consumed_samples
-
-    def _sample(self, index: int) -> dict[str, Any]:
-        # Wrap around a finite dataset (megatron sizes datasets to the run, so
-        # this only triggers for short evaluation sets).
-        return self.dataset[index % len(self.dataset)]
+        indices = _MicrobatchIndices(
+            consumed_samples, micro_batch_size, global_batch_size, dp_rank, dp_size, len(dataset)
+        )
+        if num_workers > 0:
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=indices, num_workers=num_workers, collate_fn=collate,
+                persistent_workers=True, prefetch_factor=2,
+            )  # fmt: skip
+            self._batches = iter(loader)
+        else:
+            self._batches = (collate([dataset[i] for i in idx]) for idx in indices)
 
     def next_global_batch(self) -> list[dict[str, torch.Tensor]]:
-        start = self.consumed_samples
-        microbatches = []
-        for j in range(self.num_microbatches):
-            first = start + (j * self.dp_size + self.dp_rank) * self.mbs
-            microbatches.append(collate([self._sample(first + k) for k in range(self.mbs)]))
+        microbatches = [next(self._batches) for _ in range(self.num_microbatches)]
         self.consumed_samples += self.gbs
         return microbatches
