@@ -20,8 +20,15 @@ mask unless ``--no-create-attention-mask-in-dataloader``, which makes a plain fe
 what a DataLoader does next, stacking samples into micro-batches (with Megatron's default
 attention mask, a (seq x seq) boolean per sample).
 
+``--breakdown`` splits the pause dataset's cost in place, inside real fetches: the same dataset
+with the insertion replaced by a no-op, and with the per-sample re-keying replaced by one fixed
+generator, interleaved with the real thing. In-place matters: after a fetch's torch work the
+pause code runs with cold caches, and costs several times what the same calls cost in a hot
+micro-benchmark loop (also printed, for contrast).
+
 Usage:
     python benchmarks/bench_dataset.py                           # 20k samples, seq 2048, cached masks
+    python benchmarks/bench_dataset.py --breakdown --samples 6000          # where the pause us go
     python benchmarks/bench_dataset.py --collate 4 --samples 4000          # fetch + collate
     python benchmarks/bench_dataset.py --eod-mask-loss --samples 2000 --attention-mask both
 """
@@ -177,6 +184,48 @@ def measure(datasets: dict, samples: int, rounds: int, block: int, micro_batch: 
     return result
 
 
+def breakdown(paused, samples: int, rounds: int, block: int) -> dict:
+    """us/sample of the pause dataset with parts of the pause work swapped out (see module docstring).
+
+    The swaps replace the names PauseGPTDataset's module looks up per sample, and are undone after.
+    """
+    import megatron_pause.data.dataset as module
+    from megatron_pause.pause import insert_pauses, pause_rng
+
+    fixed = pause_rng(0, 0)
+    k = paused.pause_mode.online_pauses
+    variants = {
+        "no_insert_no_rekey": (lambda *a, **kw: fixed, lambda tokens, *a, **kw: tokens),
+        "rekey_only": (pause_rng, lambda tokens, *a, **kw: tokens),
+        "insert_only": (lambda *a, **kw: fixed, insert_pauses),
+        "full": (pause_rng, insert_pauses),
+    }
+    totals = dict.fromkeys(variants, 0.0)
+    try:
+        for r in range(rounds):
+            for b, begin in enumerate(range(0, samples, block)):
+                names = list(variants)
+                shift = (r + b) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    module.pause_rng, module.insert_pauses = variants[name]
+                    totals[name] += fetch_block(paused, range(begin, min(begin + block, samples)))
+    finally:
+        module.pause_rng, module.insert_pauses = pause_rng, insert_pauses
+    result = {f"{name}_us_per_sample": t / (samples * rounds) * 1e6 for name, t in totals.items()}
+    # The same calls in a hot loop over one window, for contrast.
+    window = np.asarray(paused._query_document_sample_shuffle_indices(0)[0])
+    length = window.shape[0]
+    for name, call in (
+        ("hot_rekey", lambda i: pause_rng(1, i, reuse=fixed)),
+        ("hot_insert", lambda i: insert_pauses(window, k, paused.pause_id, fixed, length=length)),
+    ):
+        start = time.thread_time()
+        for i in range(samples):
+            call(i)
+        result[f"{name}_us"] = (time.thread_time() - start) / samples * 1e6
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=20000)
@@ -196,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="MICRO_BATCH",
         help="also collate samples into micro-batches of this size, as a DataLoader does (0: fetch only)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also split the pause cost: re-keying vs insertion, in place and in a hot loop",
     )
     parser.add_argument("--workdir", default=None, help="where the shard is written (default: a temp dir)")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
@@ -242,6 +296,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['mask_only_us_per_sample']:.1f} us/sample, {r['mask_only_overhead_pct']:+.1f}%",
                 flush=True,
             )
+            if args.breakdown and paused.pause_mode.online_pauses:
+                r["breakdown"] = d = breakdown(paused, args.samples, args.rounds, args.block)
+                base = d["no_insert_no_rekey_us_per_sample"]
+                print(
+                    f"  breakdown (us/sample, in place): without re-key and insertion {base:.1f} | re-key "
+                    f"{d['rekey_only_us_per_sample'] - base:+.1f} | insertion "
+                    f"{d['insert_only_us_per_sample'] - base:+.1f} | both {d['full_us_per_sample'] - base:+.1f}"
+                    f" || hot loop: re-key {d['hot_rekey_us']:.1f}, insertion {d['hot_insert_us']:.1f}",
+                    flush=True,
+                )
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -10,6 +10,7 @@ mask drops exactly the pause targets.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 
 import numpy as np
@@ -28,6 +29,7 @@ from megatron_pause.pause import (
     pause_loss_mask,
     pause_loss_mask_np,
     pause_rng,
+    pause_slots,
 )
 
 PAUSE = 99
@@ -123,3 +125,101 @@ def test_append_pauses_and_count():
     assert append_pauses(np.array([5]), 0, PAUSE) == [5]
     assert count_pauses(torch.tensor([PAUSE, 1, PAUSE]), PAUSE) == 2
     assert count_pauses(np.array([1, 2]), PAUSE) == 0
+
+
+def _subset_chi2(total: int, k: int, draws: int) -> tuple[float, int]:
+    """Chi-square of the k-subsets pause_slots draws (one keyed stream per draw, as the dataset
+    does) against the uniform law over all C(total, k) of them; returns (chi2, degrees)."""
+    counts = Counter()
+    rng = None
+    for i in range(draws):
+        rng = pause_rng(5, i, ONLINE_STREAM, reuse=rng)
+        mask = pause_slots(total, k, rng)
+        assert mask.dtype == np.bool_ and mask.shape == (total,) and int(mask.sum()) == k
+        counts[tuple(np.flatnonzero(mask))] += 1
+    subsets = list(itertools.combinations(range(total), k))
+    assert set(counts) == set(subsets)
+    expected = draws / len(subsets)
+    return sum((counts[s] - expected) ** 2 / expected for s in subsets), len(subsets) - 1
+
+
+@pytest.mark.parametrize(
+    "total,k,bound",
+    [
+        (6, 2, 37.7),  # 15 subsets; a repeat in the first round sends the draw to the one-at-a-time tail
+        (6, 4, 37.7),  # over half the slots: the complement is drawn
+        (8, 4, 111.1),  # 70 subsets, the densest sparse case: many repeats, long tails
+    ],
+)
+def test_pause_slots_is_uniform_over_k_subsets(total, k, bound):
+    chi2, dof = _subset_chi2(total, k, draws=100 * math.comb(total, k))
+    assert chi2 < bound, (chi2, dof)  # bound: p = 0.001 for dof degrees of freedom
+
+
+def test_pause_slots_marginals_at_the_dataset_size():
+    """The paper's setting (2048 + 1 tokens, 205 pauses): every slot is a pause equally often."""
+    total, k, draws = 2049 + 205, 205, 600
+    hits = np.zeros(total)
+    rng = None
+    for i in range(draws):
+        rng = pause_rng(9, i, ONLINE_STREAM, reuse=rng)
+        hits += pause_slots(total, k, rng)
+    p = k / total
+    # Each slot's count is binomial(draws, p) (slots are only weakly dependent): the spread of the
+    # standardised counts must be ~1 and the first/last halves must get their share.
+    z = (hits - draws * p) / math.sqrt(draws * p * (1 - p))
+    assert abs(z.mean()) < 0.1 and 0.9 < z.std() < 1.1
+    assert abs(hits[: total // 2].sum() / (draws * k) - (total // 2) / total) < 0.01
+
+
+def test_pause_slots_is_deterministic_per_key():
+    a = pause_slots(300, 30, pause_rng(1, 7, ONLINE_STREAM))
+    assert np.array_equal(a, pause_slots(300, 30, pause_rng(1, 7, ONLINE_STREAM)))
+    assert not np.array_equal(a, pause_slots(300, 30, pause_rng(1, 8, ONLINE_STREAM)))
+    # A reused generator gives the fresh stream, whatever it drew before.
+    reused = pause_rng(3, 0, ONLINE_STREAM)
+    pause_slots(300, 150, reused)
+    assert np.array_equal(a, pause_slots(300, 30, pause_rng(1, 7, ONLINE_STREAM, reuse=reused)))
+
+
+def test_pause_slots_edge_cases():
+    rng = pause_rng(0, 0)
+    assert not pause_slots(5, 0, rng).any()
+    assert pause_slots(5, 5, rng).all()
+    assert pause_slots(0, 0, rng).shape == (0,)
+    for bad in (-1, 6):
+        with pytest.raises(ValueError, match="pause slots"):
+            pause_slots(5, bad, rng)
+
+
+class _ScriptedBits:
+    """Stands in for a generator whose raw 64-bit words are given, to reach the rejection paths."""
+
+    def __init__(self, *batches):
+        self.batches = list(batches)
+        self.bit_generator = self
+
+    def random_raw(self, n):
+        batch = np.array(self.batches.pop(0), dtype=np.uint64)
+        assert batch.shape == (n,)
+        return batch
+
+
+def test_insert_pauses_edge_cases():
+    rng = pause_rng(2, 2)
+    # No tokens: only pauses. More pauses than tokens: tokens still in order.
+    assert insert_pauses(np.array([], dtype=np.int32), 3, PAUSE, rng).tolist() == [PAUSE] * 3
+    out = insert_pauses(np.array([4, 5, 6]), 10, PAUSE, rng)
+    assert out.shape == (13,) and count_pauses(out, PAUSE) == 10 and out[out != PAUSE].tolist() == [4, 5, 6]
+    with pytest.raises(ValueError, match="cannot insert"):
+        insert_pauses(np.arange(3), -1, PAUSE, rng)
+    with pytest.raises(ValueError, match="1-d"):
+        insert_pauses(np.zeros((2, 2)), 1, PAUSE, rng)
+
+
+@pytest.mark.parametrize("length", [0, 1, 17, 22, 25, 40])
+def test_insert_pauses_with_length_is_the_trimmed_insertion(length):
+    tokens = np.arange(1, 21, dtype=np.int16)
+    full = insert_pauses(tokens, 5, PAUSE, pause_rng(4, 4))
+    trimmed = insert_pauses(tokens, 5, PAUSE, pause_rng(4, 4), length=length)
+    assert trimmed.dtype == tokens.dtype and np.array_equal(trimmed, full[:length])
