@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_pause.data.jsonl_reader import JsonlFile, resolve_inputs  # noqa: E402
+from megatron_pause.data.jsonl_reader import iter_records, resolve_inputs  # noqa: E402
 from megatron_pause.pause import DEFAULT_PAUSE_TOKEN  # noqa: E402
 
 # SentencePiece skips training "sentences" longer than this many bytes; documents are fed
@@ -38,27 +37,19 @@ MAX_SENTENCE_BYTES = 8192
 def iter_training_lines(inputs: list[str], json_key: str, max_bytes: int | None) -> Iterator[str]:
     """Non-empty lines of every document's ``json_key`` text, in input order, up to ``max_bytes``."""
     total = 0
-    for path in resolve_inputs(inputs):
-        with JsonlFile(path) as f:
-            for raw in f:
-                if raw.data is None:
-                    continue
-                try:
-                    record = json.loads(raw.data)
-                except ValueError:
-                    continue
-                text = record.get(json_key) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    continue
-                for line in text.split("\n"):
-                    if not line.strip():
-                        continue
-                    for start in range(0, len(line), MAX_SENTENCE_BYTES // 4):
-                        piece = line[start : start + MAX_SENTENCE_BYTES // 4]
-                        total += len(piece)
-                        yield piece
-                    if max_bytes is not None and total >= max_bytes:
-                        return
+    for record in iter_records(resolve_inputs(inputs)):
+        text = record.get(json_key)
+        if not isinstance(text, str):
+            continue
+        for line in text.split("\n"):
+            if not line.strip():
+                continue
+            for start in range(0, len(line), MAX_SENTENCE_BYTES // 4):
+                piece = line[start : start + MAX_SENTENCE_BYTES // 4]
+                total += len(piece)
+                yield piece
+            if max_bytes is not None and total >= max_bytes:
+                return
 
 
 def train_sentencepiece(

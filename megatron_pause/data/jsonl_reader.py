@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import json
 import os
 import stat
 import zlib
@@ -151,3 +152,22 @@ class JsonlFile:
                 yield RawLine(number, None, "line_too_long", f"{total} bytes > --max-line-bytes {limit}")
                 continue
             yield RawLine(number, line.rstrip(b"\r\n"))
+
+
+def iter_records(paths: list[str], max_line_bytes: int = 256 << 20) -> Iterator[dict]:
+    """Every well-formed JSON object of the files, in order, silently skipping what is not one.
+
+    For the side readers (Punkt training, tokenizer training) that only need clean samples of
+    the text; the preprocessing pass itself counts and reports every rejected line instead.
+    """
+    for path in paths:
+        with JsonlFile(path, max_line_bytes) as f:
+            for raw in f:
+                if raw.data is None:
+                    continue
+                try:
+                    record = json.loads(raw.data)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record

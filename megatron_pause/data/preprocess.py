@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from megatron_pause.data.jsonl_reader import JsonlFile, resolve_inputs, shard_name
+from megatron_pause.data.jsonl_reader import JsonlFile, iter_records, resolve_inputs, shard_name
 from megatron_pause.data.sidecar import PauseSidecar, read_sidecar, sidecar_path, write_sidecar
 from megatron_pause.pause import (
     DEFAULT_PAUSE_TOKEN,
@@ -392,25 +392,13 @@ class Preprocessor:
         return SentenceSplitter(params, keep_newlines=self.cfg.keep_newlines)
 
     def _head_texts(self, limit: int):
-        seen = 0
-        for path in self.files:
-            with JsonlFile(path, self.cfg.max_line_bytes) as f:
-                for raw in f:
-                    if raw.data is None:
-                        continue
-                    try:
-                        record = json.loads(raw.data)
-                    except ValueError:
-                        continue
-                    if not isinstance(record, dict):
-                        continue
-                    for key in self.cfg.json_keys:
-                        text = record.get(key)
-                        if isinstance(text, str):
-                            yield text
-                    seen += 1
-                    if seen >= limit:
-                        return
+        for seen, record in enumerate(iter_records(self.files, self.cfg.max_line_bytes), start=1):
+            for key in self.cfg.json_keys:
+                text = record.get(key)
+                if isinstance(text, str):
+                    yield text
+            if seen >= limit:
+                return
 
     # -- per-record work ---------------------------------------------------------------------
     def _add_text(
