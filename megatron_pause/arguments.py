@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import math
 import os
 import types
 import typing
@@ -49,6 +48,8 @@ from megatron_pause.config import (
     PretrainConfig,
     model_preset,
 )
+from megatron_pause.data.blend import check_prefix_files, check_split
+from megatron_pause.data.blend import parse_data_path as parse_blend
 
 # Tokenizer types megatron_pause.tokenizer understands (Megatron-LM's names). Kept as a literal so
 # that parsing does not import the tokenizer (and with it numpy/torch); tests/test_arguments.py
@@ -515,58 +516,25 @@ def config_to_argv(cfg: PretrainConfig) -> list[str]:
 def parse_data_path(tokens: Sequence[str]) -> list[tuple[float, str]]:
     """``--data-path`` tokens as (weight, prefix) pairs: ``["a"]`` -> ``[(1.0, "a")]``,
     ``["0.3", "a", "0.7", "b"]`` -> ``[(0.3, "a"), (0.7, "b")]``. Weights are not normalised.
-
-    Megatron-LM's rule: either every prefix is weighted or none is.
-    """
-
-    def as_weight(token: str) -> float | None:
-        try:
-            return float(token)
-        except ValueError:
-            return None
-
+    The rules (all weighted or none, positive weights) are the dataset's own
+    (:func:`megatron_pause.data.blend.parse_data_path`), reported here as a ConfigError."""
     tokens = list(tokens)
     if not tokens:
         return []
-    if as_weight(tokens[0]) is None:
-        numeric = [t for t in tokens if as_weight(t) is not None]
-        if numeric:
-            raise ConfigError(
-                [
-                    f"--data-path mixes weights ({', '.join(numeric)}) with unweighted prefixes; weight all or none"
-                ]
-            )
-        return [(1.0, t) for t in tokens]
-    if len(tokens) % 2:
-        raise ConfigError(["--data-path with weights needs WEIGHT PREFIX pairs; got an odd number of items"])
-    pairs = []
-    for weight_token, prefix in zip(tokens[::2], tokens[1::2]):
-        weight = as_weight(weight_token)
-        if weight is None:
-            raise ConfigError([f"--data-path expected a weight before {prefix!r}, got {weight_token!r}"])
-        if as_weight(prefix) is not None:
-            raise ConfigError(
-                [f"--data-path expected a prefix after weight {weight_token}, got another number {prefix}"]
-            )
-        if not math.isfinite(weight) or weight <= 0:
-            raise ConfigError(
-                [f"--data-path weight for {prefix!r} must be a positive number, got {weight_token}"]
-            )
-        pairs.append((weight, prefix))
-    return pairs
+    try:
+        blend = parse_blend(tokens)
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
+    weights = blend.weights or (1.0,) * len(blend.prefixes)
+    return list(zip(weights, blend.prefixes))
 
 
 def parse_split(split: str) -> tuple[float, float, float]:
     """``--split`` ("969,30,1" or "969/30/1"; missing trailing parts are 0) as three weights."""
-    parts = [p.strip() for p in split.replace("/", ",").split(",")]
     try:
-        weights = [float(p) for p in parts]
-    except ValueError:
-        raise ConfigError([f"--split must be up to three comma-separated numbers, got {split!r}"]) from None
-    if not 1 <= len(weights) <= 3 or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError([f"--split must be 1 to 3 non-negative numbers with a positive sum, got {split!r}"])
-    weights += [0.0] * (3 - len(weights))
-    return weights[0], weights[1], weights[2]
+        return check_split(split)
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,18 +549,11 @@ def transformer_engine_available() -> bool:
 
 
 def _data_file_problems(prefix: str) -> list[str]:
-    missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
-    if not missing:
-        return []
-    hint = ""
-    stem, ext = os.path.splitext(prefix)
-    if ext in (".bin", ".idx"):
-        hint = f"; pass the prefix without the extension: {stem}"
-    elif os.path.isfile(prefix + "_text_document.bin"):
-        hint = (
-            f"; preprocessing names its output <prefix>_text_document: did you mean {prefix}_text_document?"
-        )
-    return [f"--data-path prefix {prefix!r}: {', '.join(prefix + e for e in missing)} not found{hint}"]
+    try:
+        check_prefix_files(prefix)
+    except FileNotFoundError as e:
+        return [str(e)]
+    return []
 
 
 def validate_config(cfg: PretrainConfig, world_size: int) -> None:

@@ -55,7 +55,8 @@ def parse_data_path(data_path: str | Sequence[str]) -> DataBlend:
         return DataBlend(prefixes=tuple(tokens), weights=None)
     if len(tokens) % 2:
         raise ValueError(
-            f"--data-path with weights needs WEIGHT PREFIX pairs, got {len(tokens)} items: {' '.join(tokens)}"
+            f"--data-path with weights needs WEIGHT PREFIX pairs, got an odd number of items ({len(tokens)}): "
+            f"{' '.join(tokens)}"
         )
     prefixes, weights = [], []
     for weight_token, prefix in zip(tokens[::2], tokens[1::2]):
@@ -63,7 +64,9 @@ def parse_data_path(data_path: str | Sequence[str]) -> DataBlend:
         if weight is None:
             raise ValueError(f"--data-path expected a weight before {prefix!r}, got {weight_token!r}")
         if _as_weight(prefix) is not None:
-            raise ValueError(f"--data-path expected a prefix after weight {weight_token}, got {prefix!r}")
+            raise ValueError(
+                f"--data-path expected a prefix after weight {weight_token}, got another number {prefix!r}"
+            )
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(
                 f"--data-path weight for {prefix!r} must be positive and finite, got {weight_token}"
@@ -75,19 +78,28 @@ def parse_data_path(data_path: str | Sequence[str]) -> DataBlend:
 
 def check_prefix_files(prefix: str) -> None:
     """Raise FileNotFoundError naming what is missing when ``prefix`` is not a complete indexed
-    dataset, with a hint for the common mistake of passing the ``.bin`` path itself."""
+    dataset, with a hint for the two common mistakes: passing the ``.bin``/``.idx`` path itself,
+    and leaving off the ``_text_document`` suffix that preprocessing appends."""
     bin_path, idx_path = prefix + ".bin", prefix + ".idx"
     has_bin, has_idx = os.path.isfile(bin_path), os.path.isfile(idx_path)
     if has_bin and has_idx:
         return
     hint = ""
-    for suffix in (".bin", ".idx"):
-        if prefix.endswith(suffix) and os.path.isfile(prefix):
-            hint = f"; pass the prefix without {suffix!r}: {prefix[: -len(suffix)]}"
+    stem, ext = os.path.splitext(prefix)
+    if ext in (".bin", ".idx") and os.path.isfile(prefix):
+        hint = f"; pass the prefix without {ext!r} (without the extension): {stem}"
+    elif os.path.isfile(prefix + "_text_document.bin"):
+        hint = (
+            f"; preprocessing names its output <prefix>_text_document: did you mean {prefix}_text_document?"
+        )
     if not has_bin and not has_idx:
-        raise FileNotFoundError(f"dataset prefix {prefix}: neither {bin_path} nor {idx_path} exists{hint}")
+        raise FileNotFoundError(
+            f"--data-path prefix {prefix!r}: not found (neither {bin_path} nor {idx_path} exists){hint}"
+        )
     missing = bin_path if not has_bin else idx_path
-    raise FileNotFoundError(f"dataset prefix {prefix}: {missing} is missing (its pair exists){hint}")
+    raise FileNotFoundError(
+        f"--data-path prefix {prefix!r}: {missing} is missing (not found; its pair exists){hint}"
+    )
 
 
 def check_split(split: str) -> tuple[float, float, float]:
