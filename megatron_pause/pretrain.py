@@ -102,6 +102,18 @@ def run(cfg: PretrainConfig):
                     state = TrainState(
                         **{k: v for k, v in saved.items() if k in TrainState.__dataclass_fields__}
                     )
+                elif not saved.get("pause_targets_seen"):
+                    # Standard-pretrained -> pause-finetuned: the checkpoint's row at the
+                    # pause id was never trained as a pause; start it like a fresh model's.
+                    init_pause_rows(
+                        chunks, tokenizer.pause_id, tokenizer.base_vocab_size, cfg.model.pause_init,
+                        cfg.model.init_method_std, cfg.training.seed,
+                    )  # fmt: skip
+                    optimizer.reload_model_params()  # fp32 main params take the new rows too
+                    log.info(
+                        f"checkpoint {cfg.checkpoint.load} saw no pause tokens: "
+                        f"initialised the <pause> rows ({cfg.model.pause_init})"
+                    )
 
         train_ds, valid_ds = build_datasets(cfg, tokenizer, log)
         dp_rank = parallel_state.get_data_parallel_rank()

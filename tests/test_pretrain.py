@@ -167,3 +167,16 @@ def test_contradictory_layout_is_rejected_before_any_process_group():
     )  # fmt: skip
     assert out.returncode == 2
     assert "--tensor-model-parallel-size" in out.stderr
+
+
+def test_finetune_from_a_pause_free_checkpoint_initialises_the_pause_rows(tmp_path, capfd):
+    plain, paused = str(tmp_path / "plain"), str(tmp_path / "paused")
+    common = [*TINY, "--train-iters", "4", "--eval-interval", "100"]
+    _pretrain(1, [*common, "--pause-fraction", "0", "--save", plain])
+    _pretrain(1, [*common, "--save", paused])
+    capfd.readouterr()
+    finetune = [*TINY, "--train-iters", "4", "--eval-interval", "100", "--finetune"]
+    _pretrain(1, [*finetune, "--load", plain])
+    assert "saw no pause tokens: initialised the <pause> rows" in capfd.readouterr().out
+    _pretrain(1, [*finetune, "--load", paused])
+    assert "initialised the <pause> rows" not in capfd.readouterr().out

@@ -32,6 +32,9 @@ class TrainState:
     consumed_samples: int = 0
     consumed_tokens: int = 0  # sequence positions fed to the model (pauses included)
     skipped_steps: int = 0
+    # Pause targets the model has seen; 0 marks a pause-free model (whose
+    # <pause> rows a --finetune run must initialise rather than inherit).
+    pause_targets_seen: int = 0
 
 
 @dataclass
@@ -128,6 +131,7 @@ class Trainer:
                 self.state.iteration += 1
                 self.state.consumed_samples = self.train_loader.consumed_samples
                 self.state.consumed_tokens += t.global_batch_size * self.seq_length
+                self.state.pause_targets_seen += result.pause_targets
                 train_losses.append(result.lm_loss)
                 step_time = time.monotonic() - step_start
                 if self.state.iteration % self.logging.log_interval == 0:
