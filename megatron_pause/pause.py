@@ -131,10 +131,20 @@ def insert_pauses(
         raise ValueError(f"cannot keep {length} slots")
     if k == 0:
         return tokens[:keep].copy()
-    is_real = ~pause_slots(total, k, rng)[:keep]
-    out = np.empty(keep, dtype=tokens.dtype)
-    out.fill(pause_id)  # cheaper than np.full's Python wrapper
-    out[is_real] = tokens[: np.count_nonzero(is_real)]
+    is_pause = pause_slots(total, k, rng)[:keep]
+    return fill_pause_slots(is_pause, tokens[: keep - np.count_nonzero(is_pause)], pause_id)
+
+
+def fill_pause_slots(
+    is_pause: np.ndarray, tokens: np.ndarray, pause_id: int, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """The sequence whose ``is_pause`` slots hold ``pause_id`` and whose other slots hold
+    ``tokens`` in order (``len(tokens)`` must equal the number of non-pause slots). The scatter
+    behind :func:`insert_pauses`; callers that draw slots for many documents at once (the
+    preprocessing tool) concatenate the masks and fill them in one call."""
+    out = np.empty(is_pause.shape[0], dtype=tokens.dtype if dtype is None else dtype)
+    out[is_pause] = pause_id
+    out[~is_pause] = tokens
     return out
 
 

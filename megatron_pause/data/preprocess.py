@@ -25,7 +25,8 @@ Throughput design: one process reads and parses JSON while SentencePiece encodes
 batch on ``--workers`` C++ threads with the GIL released, and the batch before that is written
 (pause insertion, numpy, ``IndexedDatasetBuilder``). Tokenization is the only parallel stage, so
 ``--workers 1`` and ``--workers 2`` produce byte-identical files, and memory is bounded by a few
-batches whatever the corpus size.
+batches whatever the corpus size. The main thread shares the cores with the tokenizer threads, so
+its work is kept per batch wherever it need not be per document (see ``_write_documents``).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ from megatron_pause.pause import (
     DEFAULT_PAUSE_TOKEN,
     OFFLINE_STREAM,
     document_key,
+    fill_pause_slots,
     insert_pauses,
     num_pauses,
     pause_rng,
+    pause_slots,
 )
 
 HUGE_DOCUMENT_POLICIES = ("split", "truncate", "skip")
@@ -221,6 +224,28 @@ class _PendingOutput:
         self.builder.add_document(tokens, lengths)
         self.documents += 1
         self.sequences += len(lengths)
+        self.tokens += int(tokens.shape[0])
+        self.pause_tokens += pauses + literal_pauses
+        self.literal_pause_tokens += literal_pauses
+
+    def add_documents(
+        self, tokens: np.ndarray, lengths: np.ndarray, pauses: int, literal_pauses: int
+    ) -> None:
+        """Append many one-sequence documents at once: ``tokens`` is their concatenation (in the
+        builder's dtype), ``lengths`` their lengths.
+
+        Writes exactly what ``builder.add_document`` once per document would, with one write and
+        two list extends instead of a copy, a ``tobytes`` and a write per document. It reaches into
+        the builder's lists, which megatron-core (pinned at 0.16.1) finalizes into the .idx.
+        """
+        builder = self.builder
+        builder.data_file.write(memoryview(np.ascontiguousarray(tokens, dtype=builder.dtype)))
+        count = int(lengths.shape[0])
+        base = len(builder.sequence_lengths)
+        builder.sequence_lengths.extend(lengths.tolist())
+        builder.document_indices.extend(range(base + 1, base + count + 1))
+        self.documents += count
+        self.sequences += count
         self.tokens += int(tokens.shape[0])
         self.pause_tokens += pauses + literal_pauses
         self.literal_pause_tokens += literal_pauses
@@ -474,7 +499,7 @@ class Preprocessor:
                 except UnicodeEncodeError as exc:  # lone surrogates from \ud800-style escapes
                     rejects.log(file, line, key, "invalid_utf8", str(exc))
                     continue
-            if not text.strip():
+            if not text or text.isspace():  # == not text.strip(), without copying the text
                 rejects.log(file, line, key, "empty_document")
                 continue
 
@@ -485,6 +510,79 @@ class Preprocessor:
 
     # -- tokenized batch -> outputs ----------------------------------------------------------
     def _write_batch(self, batch: _Batch, arrays: list[np.ndarray], rejects: _RejectLog) -> None:
+        if self.splitter is None:
+            self._write_documents(batch, arrays, rejects)
+        else:
+            self._write_sentence_documents(batch, arrays, rejects)
+        self._maybe_log_progress()
+
+    def _write_documents(self, batch: _Batch, arrays: list[np.ndarray], rejects: _RejectLog) -> None:
+        """One text per document: the whole batch is assembled with a few array operations.
+
+        This runs on the main thread while SentencePiece's threads encode the next batch, on the
+        same cores, so every CPU-second here is one the tokenizer loses. Per document only what
+        must be per document stays in Python: the pause count and the pause slots (each document
+        has its own generator, keyed on its text). Inserting the pauses, BOS and eod, the dtype
+        conversion and the write happen once per batch and output; the bytes are those of
+        ``insert_pauses`` + ``builder.add_document`` per document.
+        """
+        cfg, tok = self.cfg, self.tokenizer
+        fraction = cfg.insert_pauses
+        pause_id = tok.pause_id
+        head = 1 if tok.add_bos else 0  # BOS (Llama2Tokenizer) stays first
+        tail = 1 if cfg.append_eod else 0  # eod stays last
+        seed = cfg.seed
+        # id(output) -> (output, token arrays, pause-slot masks, body slots, pauses) in document order
+        groups: dict[int, tuple[_PendingOutput, list, list, list, list]] = {}
+        for doc, tokens in zip(batch.docs, arrays):
+            n = tokens.shape[0]
+            if n == 0:
+                rejects.log(doc.file, doc.line, doc.output.json_key, "empty_document", "no tokens")
+                continue
+            group = groups.get(id(doc.output))
+            if group is None:
+                group = groups[id(doc.output)] = (doc.output, [], [], [], [])
+            k = num_pauses(n, fraction) if fraction > 0.0 else 0
+            group[1].append(tokens)
+            if k:
+                # Re-keyed in place: the same stream as a fresh generator, without building one per document.
+                rng = self._rng = pause_rng(seed, doc.pause_key, OFFLINE_STREAM, reuse=self._rng)
+                group[2].append(pause_slots(n + k, k, rng))
+            else:
+                group[2].append(np.zeros(n, dtype=bool))
+            group[3].append(n + k)
+            group[4].append(k)
+        for output, token_arrays, masks, body_slots, pauses in groups.values():
+            text = np.concatenate(token_arrays)
+            is_pause = np.concatenate(masks)
+            body = fill_pause_slots(is_pause, text, pause_id, output.dtype)
+            lengths = np.asarray(body_slots, dtype=np.int64)
+            if head or tail:
+                lengths += head + tail
+                ends = np.cumsum(lengths)
+                out = np.empty(int(ends[-1]), dtype=output.dtype)
+                is_body = np.ones(out.shape[0], dtype=bool)
+                if head:
+                    starts = ends - lengths
+                    is_body[starts] = False
+                    out[starts] = tok.bos
+                if tail:
+                    is_body[ends - 1] = False
+                    out[ends - 1] = tok.eod
+                out[is_body] = body
+            else:
+                out = body
+            literal = 0
+            if self.count_literal_pauses:
+                literal = int(np.count_nonzero(text == pause_id))
+                if head and tok.bos == pause_id:
+                    literal += len(token_arrays)
+            output.add_documents(out, lengths, sum(pauses), literal)
+            self.written_docs += len(token_arrays)
+            self.written_tokens += int(out.shape[0])
+
+    def _write_sentence_documents(self, batch: _Batch, arrays: list[np.ndarray], rejects: _RejectLog) -> None:
+        """Documents split into sentences, one by one (sentence splitting costs far more)."""
         cfg = self.cfg
         tok = self.tokenizer
         fraction = cfg.insert_pauses
@@ -492,18 +590,13 @@ class Preprocessor:
         eod = np.array([tok.eod], dtype=np.int32)
         has_bos = tok.add_bos
         bos = np.array([tok.bos if has_bos else 0], dtype=np.int32)
-        sentences = self.splitter is not None
         position = 0
         for doc in batch.docs:
-            if sentences:
-                parts = [p for p in arrays[position : position + doc.pieces] if p.shape[0]]
-                if not parts:
-                    parts = [np.zeros(0, dtype=np.int32)]
-                tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
-                lengths = [int(p.shape[0]) for p in parts]
-            else:
-                tokens = arrays[position]
-                lengths = [int(tokens.shape[0])]
+            parts = [p for p in arrays[position : position + doc.pieces] if p.shape[0]]
+            if not parts:
+                parts = [np.zeros(0, dtype=np.int32)]
+            tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            lengths = [int(p.shape[0]) for p in parts]
             position += doc.pieces
             if tokens.shape[0] == 0:
                 rejects.log(doc.file, doc.line, doc.output.json_key, "empty_document", "no tokens")
@@ -521,24 +614,15 @@ class Preprocessor:
                 if pauses:
                     # Re-keyed in place: the same stream as a fresh generator, without building one per document.
                     rng = self._rng = pause_rng(cfg.seed, doc.pause_key, OFFLINE_STREAM, reuse=self._rng)
-                    if sentences:
-                        tokens, lengths = _insert_pauses_in_sentences(
-                            tokens, lengths, head, pauses, pause_id, rng
-                        )
-                    else:
-                        tokens = (
-                            insert_pauses(tokens, pauses, pause_id, rng)
-                            if head == 0
-                            else np.concatenate([tokens[:head], insert_pauses(body, pauses, pause_id, rng)])
-                        )
-                        lengths = [int(tokens.shape[0])]
+                    tokens, lengths = _insert_pauses_in_sentences(
+                        tokens, lengths, head, pauses, pause_id, rng
+                    )
             if cfg.append_eod:
                 tokens = np.concatenate([tokens, eod])
                 lengths[-1] += 1
             doc.output.add_document(tokens, lengths, pauses, literal)
             self.written_docs += 1
             self.written_tokens += int(tokens.shape[0])
-        self._maybe_log_progress()
 
     # -- progress ------------------------------------------------------------------------------
     def _stored_bytes_read(self) -> int:
@@ -727,9 +811,7 @@ def _insert_pauses_in_sentences(
     is_pause = positions < 0
     out = np.empty(head + positions.shape[0], dtype=tokens.dtype)
     out[:head] = tokens[:head]
-    body = out[head:]
-    body[is_pause] = pause_id
-    body[~is_pause] = tokens[head:][positions[~is_pause]]
+    out[head:] = fill_pause_slots(is_pause, tokens[head:][positions[~is_pause]], pause_id)
     # Slot of the first token of each sentence (after the first) in the output.
     starts_in_body = np.cumsum(lengths)[:-1] - head  # sentence starts, as body token positions
     slot_of_token = np.flatnonzero(~is_pause) + head
