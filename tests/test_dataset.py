@@ -109,6 +109,7 @@ def plain_gpt(prefix, tmp_path, seq_length=32, sizes=(200, 0, 0), split="1,0,0",
         reset_position_ids=flags.get("reset_position_ids", False),
         reset_attention_mask=False,
         eod_mask_loss=flags.get("eod_mask_loss", False),
+        create_attention_mask=flags.get("create_attention_mask", True),
     )
     return BlendedMegatronDatasetBuilder(GPTDataset, list(sizes), lambda: True, config).build()
 
@@ -194,6 +195,26 @@ def test_fraction_zero_is_exactly_megatrons_gptdataset(shard, tmp_path):
     for i in range(len(train)):
         got, raw = train[i], reference[i]
         assert all(torch.equal(got[key], raw[key]) for key in raw)
+
+
+@pytest.mark.parametrize("attention_mask", [True, False])
+def test_cached_masks_fast_path_is_exactly_megatrons_sample(shard, tmp_path, attention_mask):
+    # Cacheable masks (no EOD masking, no resets): after the first fetch PauseGPTDataset builds
+    # samples itself in numpy; they must equal megatron's, with and without pauses.
+    plain_pause, _, _ = build(shard, tmp_path, pause_fraction=0.0, create_attention_mask=attention_mask)
+    reference, _, _ = plain_gpt(shard, tmp_path, create_attention_mask=attention_mask)
+    paused, _, _ = build(shard, tmp_path, create_attention_mask=attention_mask)
+    for i in range(len(plain_pause)):
+        got, raw = plain_pause[i], reference[i]
+        assert list(got) == list(raw)
+        assert all(torch.equal(got[key], raw[key]) and got[key].dtype == raw[key].dtype for key in raw)
+    paused[0]  # the first fetch goes through megatron and fills the mask cache
+    assert paused.masks_and_position_ids_are_cached
+    for i in range(len(paused)):
+        fast, slow = paused._cached_masks_sample(i), paused._megatron_sample(i)
+        assert list(fast) == list(slow)
+        assert all(torch.equal(fast[key], slow[key]) for key in slow)
+        assert (fast["loss_mask"][fast["labels"] == PAUSE] == 0).all()
 
 
 # --- determinism and resume ----------------------------------------------------------------------

@@ -245,6 +245,36 @@ class PauseGPTDataset(GPTDataset):
         return text, document_ids
 
     def __getitem__(self, idx: int | None) -> dict[str, torch.Tensor]:
+        if (
+            idx is not None
+            and self.masks_and_position_ids_are_cached
+            and self.config.add_extra_token_to_sequence
+        ):
+            return self._cached_masks_sample(idx)
+        return self._megatron_sample(idx)
+
+    def _cached_masks_sample(self, idx: int) -> dict[str, torch.Tensor]:
+        """GPTDataset's sample for the common case of cached masks (no per-sample resets, no EOD
+        masking), built in a few numpy operations: the same tensors as :meth:`_megatron_sample`
+        (tests/test_dataset.py checks every key against megatron's), at a fraction of the cost of
+        its torch index-puts -- which left the pause work itself as the bulk of a fetch."""
+        text, _ = self._query_document_sample_shuffle_indices(idx)
+        text = np.array(text, dtype=np.int64)  # a private copy: padding is zeroed in place below
+        labels = text[1:]
+        keep = labels != self.pause_id
+        # Padding (the tokenizer's pad id, or megatron's -1 sentinel) fills a short last sample.
+        is_pad = text == self._pad_token_id
+        if is_pad.any():
+            keep &= ~is_pad[1:]
+            text[is_pad] = 0  # the embedding must be able to look padding up
+        sample = {"tokens": torch.from_numpy(text[:-1]), "labels": torch.from_numpy(labels)}
+        if self.config.create_attention_mask:
+            sample["attention_mask"] = self.cached_attention_mask
+        sample["loss_mask"] = torch.from_numpy(keep.astype(np.float32))
+        sample["position_ids"] = self.cached_position_ids
+        return sample
+
+    def _megatron_sample(self, idx: int | None) -> dict[str, torch.Tensor]:
         masks_were_cached = self.masks_and_position_ids_are_cached
         sample = super().__getitem__(idx)
         loss_mask = sample["loss_mask"]
