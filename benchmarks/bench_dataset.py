@@ -2,14 +2,16 @@
 """What online pause insertion costs per sample: plain GPTDataset vs PauseGPTDataset.
 
 Why this shape: both datasets are built over the same synthetic shard with the same seed and
-sequence length, so they read exactly the same token windows; the only difference left is the
-pause work (a per-sample generator, the insertion, the pause-target mask). Fetch times are noisy
+sequence length, so they read exactly the same token windows; what differs is how a window is
+read (PauseGPTDataset reads it from the memory map in numpy when masks are cached, see
+megatron_pause/data/window.py) and the pause work (the per-sample key, the insertion, the
+pause-target mask). Fetch times are noisy
 on a shared machine, so the two are interleaved in short blocks (alternating which goes first),
 the blocks are repeated over several rounds, times are the fetching thread's CPU time (not wall
 time, which charges random descheduling to whichever dataset was running), and the overhead is
 reported as the ratio of the totals next to the median of the per-block ratios. A third dataset,
-PauseGPTDataset at pause fraction 0, separates the cost of the subclass and the pause-target mask
-from the insertion itself.
+PauseGPTDataset at pause fraction 0, separates the read and the pause-target mask from the
+insertion itself: pause minus fraction 0 is what the insertion costs.
 
 GPTDataset caches its masks and position ids when nothing depends on the tokens (no
 ``--eod-mask-loss``, no position/attention reset: Megatron-LM's defaults); a plain fetch is then
@@ -20,11 +22,10 @@ mask unless ``--no-create-attention-mask-in-dataloader``, which makes a plain fe
 what a DataLoader does next, stacking samples into micro-batches (with Megatron's default
 attention mask, a (seq x seq) boolean per sample).
 
-``--breakdown`` splits the pause dataset's cost in place, inside real fetches: the same dataset
-with the insertion replaced by a no-op, and with the per-sample re-keying replaced by one fixed
-generator, interleaved with the real thing. In-place matters: after a fetch's torch work the
-pause code runs with cold caches, and costs several times what the same calls cost in a hot
-micro-benchmark loop (also printed, for contrast).
+``--breakdown`` measures the pause dataset in place, inside real fetches, with the compiled draw
+(megatron_pause/_pause_kernels.c) and with its numpy twin, the fallback when the extension was
+not built, interleaved. In place matters: after a fetch's torch work, numpy calls run with cold
+caches and cost several times what they cost in a hot micro-benchmark loop (also printed).
 
 Usage:
     python benchmarks/bench_dataset.py                           # 20k samples, seq 2048, cached masks
@@ -185,21 +186,13 @@ def measure(datasets: dict, samples: int, rounds: int, block: int, micro_batch: 
 
 
 def breakdown(paused, samples: int, rounds: int, block: int) -> dict:
-    """us/sample of the pause dataset with parts of the pause work swapped out (see module docstring).
+    """us/sample of the pause dataset with the compiled draw and with its numpy twin (the fallback
+    when megatron_pause._pause_kernels was not built), interleaved in place; then the key and the
+    insertion alone in a hot loop, for contrast."""
+    import megatron_pause.pause as pause
 
-    The swaps replace the names PauseGPTDataset's module looks up per sample, and are undone after.
-    """
-    import megatron_pause.data.dataset as module
-    from megatron_pause.pause import insert_pauses, pause_rng
-
-    fixed = pause_rng(0, 0)
-    k = paused.pause_mode.online_pauses
-    variants = {
-        "no_insert_no_rekey": (lambda *a, **kw: fixed, lambda tokens, *a, **kw: tokens),
-        "rekey_only": (pause_rng, lambda tokens, *a, **kw: tokens),
-        "insert_only": (lambda *a, **kw: fixed, insert_pauses),
-        "full": (pause_rng, insert_pauses),
-    }
+    kernel = pause._pause_kernels
+    variants = {"kernel": kernel, "numpy_twin": None} if kernel is not None else {"numpy_twin": None}
     totals = dict.fromkeys(variants, 0.0)
     try:
         for r in range(rounds):
@@ -207,22 +200,27 @@ def breakdown(paused, samples: int, rounds: int, block: int) -> dict:
                 names = list(variants)
                 shift = (r + b) % len(names)
                 for name in names[shift:] + names[:shift]:
-                    module.pause_rng, module.insert_pauses = variants[name]
+                    pause._pause_kernels = variants[name]
                     totals[name] += fetch_block(paused, range(begin, min(begin + block, samples)))
     finally:
-        module.pause_rng, module.insert_pauses = pause_rng, insert_pauses
+        pause._pause_kernels = kernel
     result = {f"{name}_us_per_sample": t / (samples * rounds) * 1e6 for name, t in totals.items()}
-    # The same calls in a hot loop over one window, for contrast.
-    window = np.asarray(paused._query_document_sample_shuffle_indices(0)[0])
-    length = window.shape[0]
-    for name, call in (
-        ("hot_rekey", lambda i: pause_rng(1, i, reuse=fixed)),
-        ("hot_insert", lambda i: insert_pauses(window, k, paused.pause_id, fixed, length=length)),
-    ):
-        start = time.thread_time()
-        for i in range(samples):
-            call(i)
-        result[f"{name}_us"] = (time.thread_time() - start) / samples * 1e6
+    window = np.asarray(paused._window_reader.read(0))
+    k, pause_id, length = paused.pause_mode.online_pauses, paused.pause_id, window.shape[0]
+    calls = {"hot_key": lambda i: pause.pause_key(1, i, pause.ONLINE_STREAM)}
+    for name, module in variants.items():
+        calls[f"hot_insert_{name}"] = lambda i, module=module: (
+            setattr(pause, "_pause_kernels", module),
+            pause.insert_pauses(window, k, pause_id, i, length, np.int64),
+        )
+    try:
+        for name, call in calls.items():
+            start = time.thread_time()
+            for i in range(samples):
+                call(i)
+            result[f"{name}_us"] = (time.thread_time() - start) / samples * 1e6
+    finally:
+        pause._pause_kernels = kernel
     return result
 
 
@@ -255,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
+    from megatron_pause.pause import kernel_in_use
+
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)  # a DataLoader worker's setting; keeps the two datasets comparable
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds=args.rounds,
             torch=torch.__version__,
             numpy=np.__version__,
+            compiled_pause_kernel=kernel_in_use(),
         )
         masks = {"on": [True], "off": [False], "both": [True, False]}[args.attention_mask]
         for attention_mask in masks:
@@ -298,12 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             if args.breakdown and paused.pause_mode.online_pauses:
                 r["breakdown"] = d = breakdown(paused, args.samples, args.rounds, args.block)
-                base = d["no_insert_no_rekey_us_per_sample"]
                 print(
-                    f"  breakdown (us/sample, in place): without re-key and insertion {base:.1f} | re-key "
-                    f"{d['rekey_only_us_per_sample'] - base:+.1f} | insertion "
-                    f"{d['insert_only_us_per_sample'] - base:+.1f} | both {d['full_us_per_sample'] - base:+.1f}"
-                    f" || hot loop: re-key {d['hot_rekey_us']:.1f}, insertion {d['hot_insert_us']:.1f}",
+                    "  breakdown (us/sample): in place "
+                    + ", ".join(f"{n[:-14]} {v:.1f}" for n, v in d.items() if n.endswith("_us_per_sample"))
+                    + " | hot loop "
+                    + ", ".join(f"{n[4:-3]} {v:.1f}" for n, v in d.items() if n.startswith("hot_")),
                     flush=True,
                 )
     if args.output:

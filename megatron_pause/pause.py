@@ -9,14 +9,16 @@ is a pause still predicts the next real token. At finetuning and inference time
 M pauses are appended after the prompt and the answer is read only after the
 last one.
 
-Everything here is plain numpy/torch so that the preprocessing tool, the
-dataset, the loss and the tests all share one definition:
+Everything here is plain numpy/torch (plus an optional compiled twin of the
+random draw, ``_pause_kernels.c``, that gives identical results), so that the
+preprocessing tool, the dataset, the loss and the tests all share one
+definition:
 
 * :func:`num_pauses` -- how many pauses a sequence of a given length receives;
 * :func:`pause_slots` / :func:`insert_pauses` -- the insertion itself
   (uniform over positions);
-* :func:`pause_rng` -- the deterministic random stream for one document or
-  sample, so results do not depend on worker counts or resume points;
+* :func:`pause_key` -- the key that fixes one document's or sample's pauses,
+  so results do not depend on worker counts or resume points;
 * :func:`pause_loss_mask` -- the loss mask that ignores pause targets;
 * :func:`append_pauses` -- the finetuning/inference layout (prompt + M pauses).
 """
@@ -35,7 +37,19 @@ DEFAULT_PAUSE_TOKEN = "<pause>"
 OFFLINE_STREAM = 0
 ONLINE_STREAM = 1
 
-_MASK128 = (1 << 128) - 1
+try:  # the compiled twin of the keyed draw; see _pause_kernels.c
+    from megatron_pause import _pause_kernels
+except ImportError:  # built without a C compiler: the numpy twin below gives the same pauses
+    _pause_kernels = None
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+_32 = np.uint64(32)
+_LOW32 = np.uint64(0xFFFFFFFF)
+# Both draws build the 128-bit product v * total from 32-bit halves in the numpy twin.
+MAX_PAUSE_SLOTS = (1 << 32) - 1
 
 
 def num_pauses(length: int, fraction: float) -> int:
@@ -49,36 +63,17 @@ def num_pauses(length: int, fraction: float) -> int:
     return int(np.floor(fraction * length + 0.5))
 
 
-def pause_rng(
-    seed: int, index: int, stream: int = OFFLINE_STREAM, reuse: np.random.Generator | None = None
-) -> np.random.Generator:
-    """Independent, reproducible generator for one document or sample.
+def pause_key(seed: int, index: int, stream: int = OFFLINE_STREAM) -> int:
+    """The 64-bit key of one document's or one sample's pauses.
 
-    Keyed on (seed, stream, index) only, so document i gets the same pauses
-    whichever worker handles it and however many workers there are, and sample
-    i gets the same pauses before and after a resume. The key is hashed
-    (BLAKE2b) into the full 128-bit state and odd increment of a PCG64
-    generator, numpy's default: distinct keys give unrelated streams, as with
-    SeedSequence, at a fraction of its cost.
-
-    ``reuse``: a generator returned by an earlier call, re-keyed in place and
-    returned. It then yields exactly the stream a fresh call would, without
-    building a generator per sample (the online dataset's hot path: a few us
-    in a hot loop, half of it numpy parsing the state dict).
+    It depends on (seed, stream, index) only. So document i gets the same pauses whichever worker
+    handles it and however many workers there are, and sample i gets the same pauses before and
+    after a resume. The key is a BLAKE2b hash, so nearby indices give unrelated keys.
     """
-    index, stream = int(index), int(stream)
     if index < 0 or stream < 0:
-        raise ValueError(f"pause_rng index and stream must be >= 0, got index {index}, stream {stream}")
-    key = b"%d:%d:%d" % (int(seed) & 0xFFFFFFFF, stream, index)
-    word = int.from_bytes(hashlib.blake2b(key, digest_size=32, person=b"pause_rng").digest(), "little")
-    rng = np.random.Generator(np.random.PCG64(0)) if reuse is None else reuse
-    rng.bit_generator.state = {
-        "bit_generator": "PCG64",
-        "state": {"state": word & _MASK128, "inc": (word >> 128) | 1},
-        "has_uint32": 0,
-        "uinteger": 0,
-    }
-    return rng
+        raise ValueError(f"pause_key index and stream must be >= 0, got index {index}, stream {stream}")
+    key = b"%d:%d:%d" % (seed & 0xFFFFFFFF, stream, index)
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8, person=b"pause_key").digest(), "little")
 
 
 def document_key(text: str) -> int:
@@ -88,36 +83,96 @@ def document_key(text: str) -> int:
     )
 
 
-def pause_slots(total: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask of ``total`` slots with exactly ``k`` True: a uniformly random k-subset.
+def kernel_in_use() -> bool:
+    """Whether the compiled draw (``_pause_kernels``) is in use rather than its numpy twin."""
+    return _pause_kernels is not None
 
-    The slots where a uniformly random permutation holds a value below k are a
-    uniformly random k-subset. Faster exact draws exist (rejection sampling on
-    the raw bit stream saved ~14 us of ~270 us per 2048-token sample), but the
-    cost of a sample is dominated by per-call overhead elsewhere; one shuffle
-    in C keeps this obviously right.
+
+def pause_slots(total: int, k: int, key: int) -> np.ndarray:
+    """A boolean mask of ``total`` slots with exactly ``k`` True: a uniformly random k-subset,
+    determined by ``key`` (from :func:`pause_key`).
+
+    The draw: slots are drawn uniformly (with replacement) from a splitmix64 stream seeded by the
+    key, until k distinct ones have been seen. Those k are the subset, which by symmetry is a
+    uniformly random k-subset. When k > total/2 the total - k free slots are drawn instead.
+    Each draw is exact (Lemire's multiply-and-reject bounded integers). The compiled kernel and :func:`_pause_slots_numpy` both
+    implement this draw and give identical masks (tests/test_pause.py).
     """
     total, k = int(total), int(k)
     if not 0 <= k <= total:
         raise ValueError(f"cannot choose {k} pause slots among {total}")
-    return rng.permutation(total) < k
+    if total > MAX_PAUSE_SLOTS:
+        raise ValueError(f"at most {MAX_PAUSE_SLOTS} pause slots, got {total}")
+    if _pause_kernels is None:
+        return _pause_slots_numpy(total, k, key)
+    mask = np.empty(total, dtype=bool)
+    _pause_kernels.fill_pause_mask(mask, k, key)
+    return mask
+
+
+def _splitmix64(key: int, first: int, count: int) -> np.ndarray:
+    """Draws first..first+count-1 of the stream: splitmix64(key + (i + 1) * golden ratio)."""
+    z = np.arange(first + 1, first + count + 1, dtype=np.uint64)
+    z *= _GOLDEN
+    z += np.uint64(key)
+    z ^= z >> _SHIFTS[0]
+    z *= _MIX1
+    z ^= z >> _SHIFTS[1]
+    z *= _MIX2
+    z ^= z >> _SHIFTS[2]
+    return z
+
+
+def _pause_slots_numpy(total: int, k: int, key: int) -> np.ndarray:
+    """The numpy twin of the compiled draw (see :func:`pause_slots`).
+
+    Draws come in batches of exactly the number of distinct slots still missing. A batch can
+    then complete the subset only at its last draw, so the batches stop at the same draw as the
+    one-at-a-time loop in C and pick the same subset.
+    """
+    complement = 2 * k > total
+    wanted = total - k if complement else k
+    mask = np.zeros(total, dtype=bool)
+    if wanted:
+        # Lemire's exact bounded draw: slot = high 64 bits of v * total, skipped when the low
+        # 64 bits fall below (2^64 - total) mod total. numpy has no 128-bit product, so the high
+        # half is assembled from 32-bit halves of v (exact for total < 2^32).
+        n = np.uint64(total)
+        threshold = np.uint64((1 << 64) % total)  # == (2^64 - total) mod total
+        seen = drawn = 0
+        while seen < wanted:
+            need = wanted - seen
+            v = _splitmix64(key, drawn, need)
+            drawn += need
+            usable = v * n >= threshold
+            high = ((v >> _32) * n + (((v & _LOW32) * n) >> _32)) >> _32
+            mask[high[usable]] = True
+            seen = int(np.count_nonzero(mask))
+    if complement:
+        np.logical_not(mask, out=mask)
+    return mask
 
 
 def insert_pauses(
-    tokens: np.ndarray, k: int, pause_id: int, rng: np.random.Generator, length: int | None = None
+    tokens: np.ndarray,
+    k: int,
+    pause_id: int,
+    key: int,
+    length: int | None = None,
+    dtype: np.dtype | None = None,
 ) -> np.ndarray:
     """Return ``tokens`` with ``k`` pause ids inserted at uniformly random positions.
 
-    The output has ``len(tokens) + k`` slots; the pause slots are a uniformly
-    random k-subset of them (:func:`pause_slots`) and the original tokens fill
-    the rest in order. This is exactly "insert k pauses at uniformly random
-    locations" and makes every arrangement of pauses between tokens equally
-    likely.
+    The output has ``len(tokens) + k`` slots; the pause slots are the uniformly
+    random k-subset :func:`pause_slots` draws for ``key``, and the original
+    tokens fill the rest in order. This is exactly "insert k pauses at
+    uniformly random locations" and makes every arrangement of pauses between
+    tokens equally likely.
 
     ``length``: return only the first ``length`` slots (all if there are
     fewer), exactly ``insert_pauses(...)[:length]`` but without writing the
     slots that would be cut (the online dataset trims every window back to
-    its length).
+    its length). ``dtype``: of the result (default: that of ``tokens``).
     """
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
@@ -129,10 +184,20 @@ def insert_pauses(
     keep = total if length is None else min(int(length), total)
     if keep < 0:
         raise ValueError(f"cannot keep {length} slots")
+    dtype = tokens.dtype if dtype is None else np.dtype(dtype)
     if k == 0:
-        return tokens[:keep].copy()
-    is_pause = pause_slots(total, k, rng)[:keep]
-    return fill_pause_slots(is_pause, tokens[: keep - np.count_nonzero(is_pause)], pause_id)
+        return tokens[:keep].astype(dtype)
+    if _pause_kernels is not None and dtype == np.int64 and tokens.dtype.kind in "iu":
+        # The online dataset's path: draw and fill in one call.
+        out = np.empty(keep, dtype=np.int64)
+        _pause_kernels.insert_pauses(out, np.ascontiguousarray(tokens), k, pause_id, key)
+        return out
+    is_token = ~pause_slots(total, k, key)[:keep]
+    out = np.full(keep, pause_id, dtype=dtype)
+    # place() fills the True slots in order from the front of ``tokens`` and ignores the rest:
+    # the tokens pushed past ``keep`` are never copied.
+    np.place(out, is_token, tokens.astype(dtype, copy=False))
+    return out
 
 
 def fill_pause_slots(
@@ -140,8 +205,8 @@ def fill_pause_slots(
 ) -> np.ndarray:
     """The sequence whose ``is_pause`` slots hold ``pause_id`` and whose other slots hold
     ``tokens`` in order (``len(tokens)`` must equal the number of non-pause slots). The scatter
-    behind :func:`insert_pauses`; callers that draw slots for many documents at once (the
-    preprocessing tool) concatenate the masks and fill them in one call."""
+    behind the preprocessing tool, which draws slots for many documents, concatenates the masks
+    and fills them in one call."""
     out = np.empty(is_pause.shape[0], dtype=tokens.dtype if dtype is None else dtype)
     out[is_pause] = pause_id
     out[~is_pause] = tokens
@@ -149,7 +214,7 @@ def fill_pause_slots(
 
 
 def insert_pauses_and_trim(
-    tokens: np.ndarray, fraction: float, pause_id: int, rng: np.random.Generator, length: int | None = None
+    tokens: np.ndarray, fraction: float, pause_id: int, key: int, length: int | None = None
 ) -> np.ndarray:
     """The paper's pretraining recipe for one sample: insert round(fraction x L)
     pauses into the sample, then trim back to L tokens (L = ``length`` or the
@@ -157,7 +222,7 @@ def insert_pauses_and_trim(
     tokens = np.asarray(tokens)
     length = tokens.shape[0] if length is None else length
     k = num_pauses(length, fraction)
-    return insert_pauses(tokens, k, pause_id, rng, length=length)
+    return insert_pauses(tokens, k, pause_id, key, length=length)
 
 
 def pause_loss_mask(

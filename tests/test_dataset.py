@@ -29,7 +29,8 @@ from megatron_pause.data.dataset import (
     build_pretraining_datasets,
 )
 from megatron_pause.data.sidecar import PauseSidecar, write_sidecar
-from megatron_pause.pause import OFFLINE_STREAM, ONLINE_STREAM, insert_pauses, num_pauses, pause_rng
+from megatron_pause.data.window import MMapWindowReader
+from megatron_pause.pause import OFFLINE_STREAM, ONLINE_STREAM, insert_pauses, num_pauses, pause_key
 
 BASE_VOCAB = 500
 PAUSE = BASE_VOCAB  # appended after the base vocabulary, as PauseTokenizer does
@@ -146,7 +147,7 @@ def test_sample_is_megatron_window_with_paper_recipe_pauses(shard, tmp_path):
     for i in range(len(train)):
         raw = reference[i]
         raw_window = window(raw).numpy()
-        full = insert_pauses(raw_window, k, PAUSE, pause_rng(7, i, ONLINE_STREAM))
+        full = insert_pauses(raw_window, k, PAUSE, pause_key(7, i, ONLINE_STREAM))
         expected = full[: raw_window.shape[0]]
         got = train[i]
         assert np.array_equal(window(got).numpy(), expected)
@@ -217,6 +218,70 @@ def test_cached_masks_fast_path_is_exactly_megatrons_sample(shard, tmp_path, att
         assert (fast["loss_mask"][fast["labels"] == PAUSE] == 0).all()
 
 
+def _one_epoch_datasets(prefix, tmp_path, tokenizer, cls, **config):
+    """(train, valid) over one epoch of ``prefix``, keeping valid's partial last window."""
+    config = (PauseGPTDatasetConfig if cls is PauseGPTDataset else GPTDatasetConfig)(
+        random_seed=7,
+        sequence_length=32,
+        blend=([prefix], None),
+        split="1,1,0",
+        path_to_cache=str(tmp_path / "cache"),
+        tokenizer=MegatronTokenizerAdapter(tokenizer),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        drop_last_partial_validation_sequence=False,
+        **config,
+    )
+    return BlendedMegatronDatasetBuilder(cls, [None, None, 0], lambda: True, config).build()[:2]
+
+
+@pytest.mark.parametrize("pad", [EOD, 3], ids=["megatron-sentinel-pad", "distinct-pad-id"])
+def test_window_reader_reads_megatrons_windows(tmp_path, pad):
+    # Every window, read from the memory map, equals megatron's own read: spans of several
+    # documents, the padded last validation window, and (with a distinct pad id that also occurs
+    # as text) the samples built from them.
+    documents = random_documents(3, 60, low=5, high=70)
+    prefix = write_shard(str(tmp_path / "docs"), documents)
+    tok = FakeTokenizer(pad=pad)
+    paused_splits = _one_epoch_datasets(prefix, tmp_path, tok, PauseGPTDataset, pause_fraction=0.0)
+    plain_splits = _one_epoch_datasets(prefix, tmp_path, tok, GPTDataset)
+    spans = padded = 0
+    for paused, plain in zip(paused_splits, plain_splits):
+        reader = MMapWindowReader.for_dataset(paused)
+        assert reader is not None
+        plain[0]  # fill megatron's mask cache so that later fetches take our numpy path
+        paused[0]
+        for i in range(len(paused)):
+            expected, document_ids = GPTDataset._query_document_sample_shuffle_indices(paused, i)
+            got = reader.read(i)
+            assert got.tolist() == expected.tolist(), i
+            spans += len(document_ids) > 1
+            padded += bool((expected == paused._pad_token_id).any())
+            sample, reference = paused[i], plain[i]
+            assert all(torch.equal(sample[key], reference[key]) for key in reference), i
+    assert spans > 20
+    # Padding with megatron's sentinel (-1) marks exactly the short window; a distinct pad id
+    # also occurs as text, which megatron masks too, and so must we.
+    assert padded == 1 if pad == EOD else padded > 1
+
+
+def test_pickled_dataset_gives_the_same_samples(shard, tmp_path):
+    # DataLoader workers started with "spawn" get a pickled copy: the memory-mapped window reader
+    # must not travel (it would copy the shard) and must be rebuilt on the other side.
+    import pickle
+
+    paused, _, _ = build(shard, tmp_path)
+    before = [paused[i] for i in range(len(paused))]
+    assert isinstance(paused._window_reader, MMapWindowReader)
+    payload = pickle.dumps(paused)
+    assert len(payload) < 200_000
+    copy = pickle.loads(payload)
+    assert copy._window_reader is None
+    for i, sample in enumerate(before):
+        assert all(torch.equal(sample[key], copy[i][key]) for key in sample)
+
+
 # --- determinism and resume ----------------------------------------------------------------------
 
 
@@ -236,16 +301,6 @@ def test_samples_are_deterministic_across_constructions_and_access_order(shard, 
         assert torch.equal(a[a != PAUSE][:20], b[b != PAUSE][:20])
 
 
-def test_pause_rng_reuse_gives_the_fresh_stream():
-    reused = None
-    for index in (0, 5, 2**40, 3):
-        reused = pause_rng(11, index, ONLINE_STREAM, reuse=reused)
-        fresh = pause_rng(11, index, ONLINE_STREAM)
-        assert np.array_equal(reused.permutation(50), fresh.permutation(50))
-    with pytest.raises(ValueError, match="index"):
-        pause_rng(1, -1)
-
-
 # --- offline shards, sidecars --------------------------------------------------------------------
 
 
@@ -255,7 +310,7 @@ def offline_documents(raw: list[np.ndarray], fraction: float, seed: int = 1) -> 
     for d, doc in enumerate(raw):
         body = doc[:-1]
         paused = insert_pauses(
-            body, num_pauses(body.shape[0], fraction), PAUSE, pause_rng(seed, d, OFFLINE_STREAM)
+            body, num_pauses(body.shape[0], fraction), PAUSE, pause_key(seed, d, OFFLINE_STREAM)
         )
         docs.append(np.append(paused, EOD))
     return docs

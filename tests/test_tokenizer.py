@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_pause.pause import insert_pauses, pause_rng
+from megatron_pause.pause import insert_pauses, pause_key
 from megatron_pause.tokenizer import build_tokenizer, padded_vocab_size
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +100,7 @@ def test_detokenize_drops_pauses(tmp_path, appended):
     tok = build_tokenizer("SentencePieceTokenizer", model)
     for text in TEXTS:
         ids = np.asarray(tok.tokenize(text), dtype=np.int32)
-        with_pauses = insert_pauses(ids, 5, tok.pause_id, pause_rng(0, 1))
+        with_pauses = insert_pauses(ids, 5, tok.pause_id, pause_key(0, 1))
         assert int((with_pauses == tok.pause_id).sum()) == 5
         assert tok.detokenize(with_pauses) == tok.detokenize(ids) == text
 
@@ -186,7 +186,7 @@ def test_huggingface_folder(tmp_path, with_pause):
     text = TEXTS[0]
     ids = np.asarray(tok.tokenize(text))
     assert tok.tokenize_batch([text, text]) == [ids.tolist()] * 2
-    assert tok.detokenize(insert_pauses(ids, 3, tok.pause_id, pause_rng(1, 2))) == text
+    assert tok.detokenize(insert_pauses(ids, 3, tok.pause_id, pause_key(1, 2))) == text
 
 
 def test_huggingface_without_transformers_says_what_to_install(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 Goyal et al. pretrain with ``<pause>`` tokens inserted at uniformly random positions: round(10% of
 the sequence length) per sample, after which the sample is trimmed back to its length. Doing this
 *online*, in ``__getitem__``, keeps the preprocessed data plain Megatron data (usable with and
-without pauses, at any fraction) and costs a few numpy operations per sample. Everything else is
+without pauses, at any fraction) and costs a few microseconds per sample. Everything else is
 Megatron's: the document/sample/shuffle indices and their cache, the train/valid/test split, the
 blending of weighted prefixes, the rank-0-first build under ``torch.distributed``, and the sample
 dictionary (``tokens``, ``labels``, ``loss_mask``, ``position_ids`` and, when Megatron makes it,
@@ -13,7 +13,7 @@ What a sample is, for dataset sample index ``i`` (the index ``__getitem__`` rece
 
 1. Megatron's window of ``seq_length + 1`` tokens for ``i`` (shuffled, spanning documents);
 2. ``k = num_pauses(seq_length, pause_fraction)`` pauses inserted at uniformly random positions
-   among its ``seq_length + 1 + k`` slots, drawn from ``pause_rng(seed, i, ONLINE_STREAM)``, then
+   among its ``seq_length + 1 + k`` slots, drawn under ``pause_key(seed, i, ONLINE_STREAM)``, then
    trimmed back to ``seq_length + 1`` -- so a resumed run, or any worker, sees the same sample;
 3. Megatron's shift into tokens/labels and its masks (EOD if ``eod_mask_loss``, padding), plus a
    zero loss mask wherever the *target* is ``<pause>``. A pause *input* still predicts the next
@@ -39,7 +39,6 @@ import copy
 import logging
 import math
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +54,8 @@ from megatron.core.datasets.utils import Split
 
 from megatron_pause.data.blend import check_prefix_files, check_split, parse_data_path
 from megatron_pause.data.sidecar import PauseSidecar, check_sidecar
-from megatron_pause.pause import ONLINE_STREAM, insert_pauses, num_pauses, pause_rng
+from megatron_pause.data.window import MMapWindowReader
+from megatron_pause.pause import ONLINE_STREAM, insert_pauses, num_pauses, pause_key
 
 logger = logging.getLogger(__name__)
 
@@ -206,10 +206,8 @@ class PauseGPTDataset(GPTDataset):
         self.pause_mode = shard_pause_mode(dataset_path, config)
         self.pause_id = config.pause_id
         self.pause_seed = config.pause_seed
-        # One generator per thread, re-keyed for every sample: building a fresh one per sample
-        # costs more than the rest of the pause work (a dict keeps the dataset picklable for
-        # DataLoader workers, which each get their own copy).
-        self._rng_per_thread: dict[int, np.random.Generator] = {}
+        # Built on the first fetch with cached masks (None: not yet; False: not applicable).
+        self._window_reader: MMapWindowReader | None | bool = None
         super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
         if self.pause_mode.offline_pauses:
             logger.info(
@@ -235,14 +233,16 @@ class PauseGPTDataset(GPTDataset):
 
     def _query_document_sample_shuffle_indices(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
         text, document_ids = super()._query_document_sample_shuffle_indices(idx)
+        return self._paused_window(text, idx), document_ids
+
+    def _paused_window(self, window: np.ndarray, idx: int) -> np.ndarray:
+        """Sample ``idx``'s window with its online pauses, as a new int64 array."""
         k = self.pause_mode.online_pauses
-        if k > 0:
-            # Insert into the whole (seq_length + 1)-token window and trim back: the paper's recipe.
-            thread = threading.get_ident()
-            rng = pause_rng(self.pause_seed, idx, ONLINE_STREAM, reuse=self._rng_per_thread.get(thread))
-            self._rng_per_thread[thread] = rng
-            text = insert_pauses(text, k, self.pause_id, rng, length=text.shape[0])
-        return text, document_ids
+        if k == 0:
+            return np.array(window, dtype=np.int64)
+        # Insert into the whole (seq_length + 1)-token window and trim back: the paper's recipe.
+        key = pause_key(self.pause_seed, idx, ONLINE_STREAM)
+        return insert_pauses(window, k, self.pause_id, key, window.shape[0], np.int64)
 
     def __getitem__(self, idx: int | None) -> dict[str, torch.Tensor]:
         if (
@@ -253,13 +253,24 @@ class PauseGPTDataset(GPTDataset):
             return self._cached_masks_sample(idx)
         return self._megatron_sample(idx)
 
+    def __getstate__(self) -> dict:
+        # The window reader holds views of memory maps; each process builds its own.
+        state = self.__dict__.copy()
+        state["_window_reader"] = None
+        return state
+
     def _cached_masks_sample(self, idx: int) -> dict[str, torch.Tensor]:
         """GPTDataset's sample for the common case of cached masks (no per-sample resets, no EOD
         masking), built in a few numpy operations: the same tensors as :meth:`_megatron_sample`
         (tests/test_dataset.py checks every key against megatron's), at a fraction of the cost of
-        its torch index-puts -- which left the pause work itself as the bulk of a fetch."""
-        text, _ = self._query_document_sample_shuffle_indices(idx)
-        text = np.array(text, dtype=np.int64)  # a private copy: padding is zeroed in place below
+        its torch index-puts and its per-document reads, which would otherwise cost more than the
+        pause work itself."""
+        if self._window_reader is None:
+            self._window_reader = MMapWindowReader.for_dataset(self) or False
+        if self._window_reader:
+            text = self._paused_window(self._window_reader.read(idx), idx)
+        else:
+            text, _ = self._query_document_sample_shuffle_indices(idx)
         labels = text[1:]
         keep = labels != self.pause_id
         # Padding (the tokenizer's pad id, or megatron's -1 sentinel) fills a short last sample.

@@ -8,7 +8,7 @@ failure modes that bite at C4 scale:
 * **Pauses can be inserted offline** (``--insert-pauses FRACTION``): each document gets
   ``num_pauses(len, FRACTION)`` pauses at uniformly random positions among its tokens (the eod
   that ``--append-eod`` adds stays last). The positions come from
-  ``pause_rng(seed, document_key(text), OFFLINE_STREAM)``: they depend only on the seed and the
+  ``pause_key(seed, document_key(text), OFFLINE_STREAM)``: they depend only on the seed and the
   document's own text, so they are the same for any ``--workers``, any sharding, any input order
   and any re-run. A ``.pause.json`` sidecar records tokenizer, pause id, fraction, seed and counts.
 * **Bad input never stops the run**: malformed JSON, a missing or non-string key, invalid UTF-8,
@@ -50,9 +50,8 @@ from megatron_pause.pause import (
     OFFLINE_STREAM,
     document_key,
     fill_pause_slots,
-    insert_pauses,
     num_pauses,
-    pause_rng,
+    pause_key,
     pause_slots,
 )
 
@@ -403,7 +402,6 @@ class Preprocessor:
         # When <pause> is a real piece of the tokenizer, literal "<pause>" text encodes to it;
         # those are counted separately so the sidecar's numbers add up.
         self.count_literal_pauses = not self.tokenizer.pause_appended
-        self._rng = None
 
     # -- setup -----------------------------------------------------------------------------
     def _build_splitter(self):
@@ -545,9 +543,7 @@ class Preprocessor:
             k = num_pauses(n, fraction) if fraction > 0.0 else 0
             group[1].append(tokens)
             if k:
-                # Re-keyed in place: the same stream as a fresh generator, without building one per document.
-                rng = self._rng = pause_rng(seed, doc.pause_key, OFFLINE_STREAM, reuse=self._rng)
-                group[2].append(pause_slots(n + k, k, rng))
+                group[2].append(pause_slots(n + k, k, pause_key(seed, doc.pause_key, OFFLINE_STREAM)))
             else:
                 group[2].append(np.zeros(n, dtype=bool))
             group[3].append(n + k)
@@ -612,10 +608,9 @@ class Preprocessor:
                 body = tokens[head:]
                 pauses = num_pauses(body.shape[0], fraction)
                 if pauses:
-                    # Re-keyed in place: the same stream as a fresh generator, without building one per document.
-                    rng = self._rng = pause_rng(cfg.seed, doc.pause_key, OFFLINE_STREAM, reuse=self._rng)
+                    key = pause_key(cfg.seed, doc.pause_key, OFFLINE_STREAM)
                     tokens, lengths = _insert_pauses_in_sentences(
-                        tokens, lengths, head, pauses, pause_id, rng
+                        tokens, lengths, head, pauses, pause_id, key
                     )
             if cfg.append_eod:
                 tokens = np.concatenate([tokens, eod])
@@ -679,7 +674,7 @@ class Preprocessor:
                 "append_eod": cfg.append_eod,
                 "literal_pause_tokens": output.literal_pause_tokens,
                 "pause_positions": "uniform among each document's tokens; eod (if appended) stays last; "
-                "rng = pause_rng(seed, document_key(text), OFFLINE_STREAM)",
+                "slots = pause_slots(n + k, k, pause_key(seed, document_key(text), OFFLINE_STREAM))",
                 "max_document_chars": cfg.max_document_chars,
                 "huge_document_policy": cfg.huge_document_policy,
                 "inputs": [os.path.basename(p) for p in inputs],
@@ -797,21 +792,20 @@ _MISSING = object()
 
 
 def _insert_pauses_in_sentences(
-    tokens: np.ndarray, lengths: list[int], head: int, k: int, pause_id: int, rng: np.random.Generator
+    tokens: np.ndarray, lengths: list[int], head: int, k: int, pause_id: int, key: int
 ) -> tuple[np.ndarray, list[int]]:
     """Insert ``k`` pauses into a whole document split into sentences, and re-cut the sentences.
 
-    The draw is the same as for the unsplit document (insert_pauses over its token positions, so
-    the random stream is consumed identically). Each sentence after the first starts at its first
-    real token: a pause joins the sentence before it, and leading pauses join the first sentence.
-    Every sentence must have at least one token.
+    The slots are those of the unsplit document (the same ``pause_slots`` draw for the same key).
+    Each sentence after the first starts at its first real token: a pause joins the sentence
+    before it, and leading pauses join the first sentence. Every sentence must have at least one
+    token.
     """
     body_len = tokens.shape[0] - head
-    positions = insert_pauses(np.arange(body_len, dtype=np.int64), k, -1, rng)
-    is_pause = positions < 0
-    out = np.empty(head + positions.shape[0], dtype=tokens.dtype)
+    is_pause = pause_slots(body_len + k, k, key)
+    out = np.empty(head + is_pause.shape[0], dtype=tokens.dtype)
     out[:head] = tokens[:head]
-    out[head:] = fill_pause_slots(is_pause, tokens[head:][positions[~is_pause]], pause_id)
+    out[head:] = fill_pause_slots(is_pause, tokens[head:], pause_id)
     # Slot of the first token of each sentence (after the first) in the output.
     starts_in_body = np.cumsum(lengths)[:-1] - head  # sentence starts, as body token positions
     slot_of_token = np.flatnonzero(~is_pause) + head

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from megatron_pause.config import PretrainConfig
-from megatron_pause.pause import ONLINE_STREAM, insert_pauses, num_pauses, pause_loss_mask_np, pause_rng
+from megatron_pause.pause import ONLINE_STREAM, insert_pauses, num_pauses, pause_key, pause_loss_mask_np
 
 
 @dataclass
@@ -65,8 +65,8 @@ class MockPauseDataset(torch.utils.data.Dataset):
         # The dataset's recipe: num_pauses(seq_length) pauses into the
         # (seq_length + 1)-token window, trimmed back to the window.
         k = num_pauses(self.seq_length, self.pause_fraction)
-        rng = pause_rng(self.seed, index, ONLINE_STREAM)
-        window = insert_pauses(window, k, self.tok.pause_id, rng)[: self.seq_length + 1]
+        key = pause_key(self.seed, index, ONLINE_STREAM)
+        window = insert_pauses(window, k, self.tok.pause_id, key, length=self.seq_length + 1)
         tokens, labels = window[:-1], window[1:]
         return {
             "tokens": torch.from_numpy(tokens.copy()),
