@@ -46,6 +46,9 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+_MASK64 = (1 << 64) - 1
+# Below this many missing slots the numpy twin draws one at a time in Python ints.
+_SCALAR_DRAWS = 24
 _32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
 # Both draws build the 128-bit product v * total from 32-bit halves in the numpy twin.
@@ -123,31 +126,48 @@ def _splitmix64(key: int, first: int, count: int) -> np.ndarray:
     return z
 
 
+def _splitmix64_int(key: int, i: int) -> int:
+    """Draw i of the stream as a Python int (the scalar form of :func:`_splitmix64`)."""
+    z = (key + (i + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
 def _pause_slots_numpy(total: int, k: int, key: int) -> np.ndarray:
     """The numpy twin of the compiled draw (see :func:`pause_slots`).
 
     Draws come in batches of exactly the number of distinct slots still missing. A batch can
     then complete the subset only at its last draw, so the batches stop at the same draw as the
-    one-at-a-time loop in C and pick the same subset.
+    one-at-a-time loop in C and pick the same subset. The last few missing slots are drawn one at
+    a time in Python ints, which is cheaper than a numpy batch of a handful of draws.
     """
     complement = 2 * k > total
     wanted = total - k if complement else k
     mask = np.zeros(total, dtype=bool)
-    if wanted:
-        # Lemire's exact bounded draw: slot = high 64 bits of v * total, skipped when the low
-        # 64 bits fall below (2^64 - total) mod total. numpy has no 128-bit product, so the high
-        # half is assembled from 32-bit halves of v (exact for total < 2^32).
+    # Lemire's exact bounded draw: slot = high 64 bits of v * total, skipped when the low 64 bits
+    # fall below (2^64 - total) mod total.
+    threshold = (1 << 64) % total if total else 0  # == (2^64 - total) mod total
+    seen = drawn = 0
+    while seen < wanted:
+        need = wanted - seen
+        if need <= _SCALAR_DRAWS:
+            product = _splitmix64_int(key, drawn) * total
+            drawn += 1
+            slot = product >> 64
+            if product & _MASK64 >= threshold and not mask[slot]:
+                mask[slot] = True
+                seen += 1
+            continue
+        v = _splitmix64(key, drawn, need)
+        drawn += need
+        # numpy has no 128-bit product: the high half comes from 32-bit halves of v (exact for
+        # total < 2^32), the low half from the wrapping 64-bit product.
         n = np.uint64(total)
-        threshold = np.uint64((1 << 64) % total)  # == (2^64 - total) mod total
-        seen = drawn = 0
-        while seen < wanted:
-            need = wanted - seen
-            v = _splitmix64(key, drawn, need)
-            drawn += need
-            usable = v * n >= threshold
-            high = ((v >> _32) * n + (((v & _LOW32) * n) >> _32)) >> _32
-            mask[high[usable]] = True
-            seen = int(np.count_nonzero(mask))
+        usable = v * n >= np.uint64(threshold)
+        high = ((v >> _32) * n + (((v & _LOW32) * n) >> _32)) >> _32
+        mask[high[usable]] = True
+        seen = int(np.count_nonzero(mask))
     if complement:
         np.logical_not(mask, out=mask)
     return mask

@@ -219,23 +219,33 @@ def test_splitmix_stream_is_the_reference_splitmix64():
 
     key = pause_key(3, 4)
     assert pause._splitmix64(key, 5, 4).tolist() == [reference(key, i) for i in range(5, 9)]
+    assert [pause._splitmix64_int(key, i) for i in range(5, 9)] == [reference(key, i) for i in range(5, 9)]
 
 
 def test_numpy_twin_skips_exactly_the_draws_lemire_rejects(monkeypatch):
-    # Rejections happen with probability ~total / 2^64, so script the draws: with total = 3 the
-    # threshold is 2^64 mod 3 = 1, so a draw whose product with 3 is 0 mod 2^64 is skipped.
-    total = 3
-    scripted = [[0], [1 << 63], [(1 << 64) - 1]]  # batches of the missing count: 1, then 1
+    # Rejections happen with probability ~total / 2^64, so script the draws. With total = 50 the
+    # threshold is 2^64 mod 50 = 16: a draw whose product with 50 is below 16 mod 2^64 (here 0)
+    # is skipped, and draw v picks slot (v * 50) >> 64, so ceil(j * 2^64 / 50) + 1 picks slot j
+    # (the + 1 lifts the low half of the product to 50..99, clear of the threshold).
+    total, k = 50, 25
+    pick = lambda j: -(-(j << 64) // total) + 1  # noqa: E731
+    batches = [[0] + [pick(j) for j in range(1, 25)]]  # 25 drawn at once: one skipped, 24 slots
+    singles = [0, pick(3), 1]  # then one at a time: skipped, a repeat, slot 0
+    calls = []
 
-    def draws(key, first, count):
-        batch = scripted.pop(0)
-        assert len(batch) == count
-        return np.array(batch, dtype=np.uint64)
+    def batch_draws(key, first, count):
+        calls.append(("batch", first, count))
+        return np.array(batches.pop(0), dtype=np.uint64)
 
-    monkeypatch.setattr(pause, "_splitmix64", draws)
-    mask = pause._pause_slots_numpy(total, 1, key=0)
-    # 0 is skipped; 2^63 is used: slot (2^63 * 3) >> 64 = 1. The third batch is never drawn.
-    assert np.flatnonzero(mask).tolist() == [1] and scripted == [[(1 << 64) - 1]]
+    def single_draw(key, i):
+        calls.append(("single", i))
+        return singles.pop(0)
+
+    monkeypatch.setattr(pause, "_splitmix64", batch_draws)
+    monkeypatch.setattr(pause, "_splitmix64_int", single_draw)
+    mask = pause._pause_slots_numpy(total, k, key=0)
+    assert np.flatnonzero(mask).tolist() == list(range(25))
+    assert calls == [("batch", 0, 25), ("single", 25), ("single", 26), ("single", 27)]
 
 
 @needs_kernel

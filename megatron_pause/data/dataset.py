@@ -55,7 +55,7 @@ from megatron.core.datasets.utils import Split
 from megatron_pause.data.blend import check_prefix_files, check_split, parse_data_path
 from megatron_pause.data.sidecar import PauseSidecar, check_sidecar
 from megatron_pause.data.window import MMapWindowReader
-from megatron_pause.pause import ONLINE_STREAM, insert_pauses, num_pauses, pause_key
+from megatron_pause.pause import ONLINE_STREAM, insert_pauses, kernel_in_use, num_pauses, pause_key
 
 logger = logging.getLogger(__name__)
 
@@ -457,6 +457,14 @@ def build_pretraining_datasets(
         if split_blend is not None and split_blend[1] is not None and size is None:
             raise ValueError(f"weighted data paths need a sample count for the {name} split, got {sizes}")
 
+    if config.pause_fraction > 0 and not kernel_in_use():
+        logger.warning(
+            "online pauses use the numpy twin of the pause draw: the compiled one "
+            "(megatron_pause/_pause_kernels.c) was not built for %s. Same pauses, slower samples "
+            "(DataLoader workers, --num-workers, hide it); to build it run `pip install -e .` or "
+            "`python setup.py build_ext --inplace` there",
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
     dataset_config = PauseGPTDatasetConfig(
         random_seed=config.seed,
         sequence_length=seq_length,
