@@ -198,21 +198,25 @@ def test_fraction_zero_is_exactly_megatrons_gptdataset(shard, tmp_path):
         assert all(torch.equal(got[key], raw[key]) for key in raw)
 
 
+@pytest.mark.parametrize("eod_mask_loss", [False, True])
 @pytest.mark.parametrize("attention_mask", [True, False])
-def test_cached_masks_fast_path_is_exactly_megatrons_sample(shard, tmp_path, attention_mask):
-    # Cacheable masks (no EOD masking, no resets): after the first fetch PauseGPTDataset builds
-    # samples itself in numpy; they must equal megatron's, with and without pauses.
-    plain_pause, _, _ = build(shard, tmp_path, pause_fraction=0.0, create_attention_mask=attention_mask)
-    reference, _, _ = plain_gpt(shard, tmp_path, create_attention_mask=attention_mask)
-    paused, _, _ = build(shard, tmp_path, create_attention_mask=attention_mask)
+def test_fast_path_is_exactly_megatrons_sample(shard, tmp_path, attention_mask, eod_mask_loss):
+    # Without per-document resets PauseGPTDataset builds samples itself in numpy; they must equal
+    # megatron's, with and without pauses, attention mask and EOD loss masking.
+    flags = dict(create_attention_mask=attention_mask, eod_mask_loss=eod_mask_loss)
+    plain_pause, _, _ = build(shard, tmp_path, pause_fraction=0.0, **flags)
+    reference, _, _ = plain_gpt(shard, tmp_path, **flags)
+    paused, _, _ = build(shard, tmp_path, **flags)
+    assert plain_pause._static_masks_apply and paused._static_masks_apply
+    eods = 0
     for i in range(len(plain_pause)):
         got, raw = plain_pause[i], reference[i]
         assert list(got) == list(raw)
         assert all(torch.equal(got[key], raw[key]) and got[key].dtype == raw[key].dtype for key in raw)
-    paused[0]  # the first fetch goes through megatron and fills the mask cache
-    assert paused.masks_and_position_ids_are_cached
+        eods += int((raw["tokens"] == EOD).sum())
+    assert eods > 0
     for i in range(len(paused)):
-        fast, slow = paused._cached_masks_sample(i), paused._megatron_sample(i)
+        fast, slow = paused._fast_sample(i), paused._megatron_sample(i)
         assert list(fast) == list(slow)
         assert all(torch.equal(fast[key], slow[key]) for key in slow)
         assert (fast["loss_mask"][fast["labels"] == PAUSE] == 0).all()
@@ -250,8 +254,6 @@ def test_window_reader_reads_megatrons_windows(tmp_path, pad):
     for paused, plain in zip(paused_splits, plain_splits):
         reader = MMapWindowReader.for_dataset(paused)
         assert reader is not None
-        plain[0]  # fill megatron's mask cache so that later fetches take our numpy path
-        paused[0]
         for i in range(len(paused)):
             expected, document_ids = GPTDataset._query_document_sample_shuffle_indices(paused, i)
             got = reader.read(i)

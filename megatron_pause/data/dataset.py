@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, _get_ltor_masks_and_position_ids
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
@@ -206,8 +206,9 @@ class PauseGPTDataset(GPTDataset):
         self.pause_mode = shard_pause_mode(dataset_path, config)
         self.pause_id = config.pause_id
         self.pause_seed = config.pause_seed
-        # Built on the first fetch with cached masks (None: not yet; False: not applicable).
+        # Built on the first fast fetch (None: not yet; False: the fast read does not apply).
         self._window_reader: MMapWindowReader | None | bool = None
+        self._static_masks: tuple[torch.Tensor | None, torch.Tensor] | None = None
         super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
         if self.pause_mode.offline_pauses:
             logger.info(
@@ -245,12 +246,8 @@ class PauseGPTDataset(GPTDataset):
         return insert_pauses(window, k, self.pause_id, key, window.shape[0], np.int64)
 
     def __getitem__(self, idx: int | None) -> dict[str, torch.Tensor]:
-        if (
-            idx is not None
-            and self.masks_and_position_ids_are_cached
-            and self.config.add_extra_token_to_sequence
-        ):
-            return self._cached_masks_sample(idx)
+        if idx is not None and self._static_masks_apply:
+            return self._fast_sample(idx)
         return self._megatron_sample(idx)
 
     def __getstate__(self) -> dict:
@@ -259,30 +256,55 @@ class PauseGPTDataset(GPTDataset):
         state["_window_reader"] = None
         return state
 
-    def _cached_masks_sample(self, idx: int) -> dict[str, torch.Tensor]:
-        """GPTDataset's sample for the common case of cached masks (no per-sample resets, no EOD
-        masking), built in a few numpy operations: the same tensors as :meth:`_megatron_sample`
-        (tests/test_dataset.py checks every key against megatron's), at a fraction of the cost of
-        its torch index-puts and its per-document reads, which would otherwise cost more than the
-        pause work itself."""
+    @property
+    def _static_masks_apply(self) -> bool:
+        """Whether every sample has the same attention mask and position ids: no per-document
+        resets (Megatron-LM's defaults). ``--eod-mask-loss`` alone only changes the loss mask."""
+        config = self.config
+        return (
+            not config.reset_position_ids
+            and not config.reset_attention_mask
+            and config.add_extra_token_to_sequence
+        )
+
+    def _fast_sample(self, idx: int) -> dict[str, torch.Tensor]:
+        """GPTDataset's sample when attention mask and position ids are the same for every sample,
+        built in a few numpy operations: the same tensors as :meth:`_megatron_sample`
+        (tests/test_dataset.py checks every key against megatron's). Megatron's torch index-puts
+        and per-document reads would cost more than the pause work itself; with
+        ``--eod-mask-loss`` it also rebuilds the (seq x seq) attention mask for every sample,
+        where this returns one shared tensor, as Megatron does when it caches its masks."""
         if self._window_reader is None:
             self._window_reader = MMapWindowReader.for_dataset(self) or False
+            length = self.config.sequence_length
+            attention_mask, _, position_ids = _get_ltor_masks_and_position_ids(
+                torch.zeros(length, dtype=torch.long),
+                0,
+                False,
+                False,
+                False,
+                self.config.create_attention_mask,
+            )
+            self._static_masks = (attention_mask, position_ids)
         if self._window_reader:
             text = self._paused_window(self._window_reader.read(idx), idx)
         else:
             text, _ = self._query_document_sample_shuffle_indices(idx)
         labels = text[1:]
         keep = labels != self.pause_id
+        if self.config.eod_mask_loss:
+            keep &= text[:-1] != self.config.tokenizer.eod
         # Padding (the tokenizer's pad id, or megatron's -1 sentinel) fills a short last sample.
         is_pad = text == self._pad_token_id
         if is_pad.any():
             keep &= ~is_pad[1:]
             text[is_pad] = 0  # the embedding must be able to look padding up
+        attention_mask, position_ids = self._static_masks
         sample = {"tokens": torch.from_numpy(text[:-1]), "labels": torch.from_numpy(labels)}
-        if self.config.create_attention_mask:
-            sample["attention_mask"] = self.cached_attention_mask
+        if attention_mask is not None:
+            sample["attention_mask"] = attention_mask
         sample["loss_mask"] = torch.from_numpy(keep.astype(np.float32))
-        sample["position_ids"] = self.cached_position_ids
+        sample["position_ids"] = position_ids
         return sample
 
     def _megatron_sample(self, idx: int | None) -> dict[str, torch.Tensor]:
