@@ -34,8 +34,10 @@ COPY . .
 #   * --no-build-isolation builds this package with the container's setuptools instead of
 #     fetching a fresh build environment (which could pull a torch into it);
 #   * the checks afterwards prove torch is unchanged and still a CUDA build, and that the pinned
-#     megatron-core is the one importable. Transformer Engine is only looked up (find_spec):
-#     importing it needs a GPU driver, which `docker build` does not have.
+#     megatron-core is the one importable, and that the pause draw's C extension was compiled
+#     (setup.py marks it optional, which would otherwise hide a failed build). Transformer
+#     Engine is only looked up (find_spec): importing it needs a GPU driver, which
+#     `docker build` does not have.
 # If a build fails on a constraint conflict, edit that package's line in /etc/pip/constraint.txt
 # (as NVIDIA documents) -- never torch's.
 RUN set -eux; \
@@ -50,6 +52,7 @@ RUN set -eux; \
     python -c "import megatron.core as mc; assert mc.__version__ == '0.16.1', mc.__version__"; \
     python -c "import importlib.util as u; assert u.find_spec('transformer_engine'), 'no Transformer Engine'"; \
     python -c "import megatron_pause.arguments"; \
+    python -c "import megatron_pause.pause as p; assert p.kernel_in_use(), 'pause kernel not built'"; \
     rm /tmp/container-torch.txt
 
 # Slurm jobs (examples/*.sh with CONTAINER_IMAGE) mount the submitting checkout at its own path
