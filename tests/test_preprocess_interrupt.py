@@ -26,6 +26,16 @@ SAMPLE_MODEL = os.path.join(REPO, "examples", "data", "sample_tokenizer.model")
 START_TIMEOUT_S = 240  # interpreter + torch + megatron.core import on a busy 2-core machine
 
 
+def _tool_args(source: str, prefix: str) -> list[str]:
+    """The preprocessing command line both interruption tests run: small batches, so that the
+    run is still writing when the signal arrives."""
+    return [
+        "--input", source, "--output-prefix", prefix,
+        "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", SAMPLE_MODEL,
+        "--append-eod", "--insert-pauses", "0.1", "--batch-chars", "2000", "--log-interval-seconds", "0",
+    ]  # fmt: skip
+
+
 def _lines(n: int) -> bytes:
     with gzip.open(SAMPLE_CORPUS, "rt", encoding="utf-8") as f:
         return "".join(json.dumps(json.loads(line)) + "\n" for _, line in zip(range(n), f)).encode()
@@ -72,25 +82,7 @@ def test_ctrl_c_and_sigterm_clean_up(tmp_path, sig, monkeypatch, capsys):
 
     monkeypatch.setattr(preprocess.Preprocessor, "_write_batch", write_then_signal)
     previous = signal.getsignal(signal.SIGTERM)
-    rc = cli.main(
-        [
-            "--input",
-            str(src),
-            "--output-prefix",
-            str(out / "run"),
-            "--tokenizer-type",
-            "SentencePieceTokenizer",
-            "--tokenizer-model",
-            SAMPLE_MODEL,
-            "--append-eod",
-            "--insert-pauses",
-            "0.1",
-            "--batch-chars",
-            "2000",
-            "--log-interval-seconds",
-            "0",
-        ]
-    )
+    rc = cli.main(_tool_args(str(src), str(out / "run")))
     assert signal.getsignal(signal.SIGTERM) == previous  # the tool restores the caller's handler
     assert rc == 130 and len(calls) == 2
     assert any(".bin.tmp." in f for f in calls[1])  # it was interrupted mid-write
@@ -108,25 +100,7 @@ def test_sigkill_mid_run_leaves_no_complete_looking_output(tmp_path):
     _old_output(out)
     log = open(tmp_path / "tool.log", "wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(REPO, "tools", "preprocess_data.py"),
-            "--input",
-            fifo,
-            "--output-prefix",
-            prefix,
-            "--tokenizer-type",
-            "SentencePieceTokenizer",
-            "--tokenizer-model",
-            SAMPLE_MODEL,
-            "--append-eod",
-            "--insert-pauses",
-            "0.1",
-            "--batch-chars",
-            "2000",
-            "--log-interval-seconds",
-            "0",
-        ],
+        [sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), *_tool_args(fifo, prefix)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=dict(os.environ, PYTHONWARNINGS="ignore"),
