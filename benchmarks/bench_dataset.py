@@ -207,18 +207,20 @@ def breakdown(paused, samples: int, rounds: int, block: int) -> dict:
     result = {f"{name}_us_per_sample": t / (samples * rounds) * 1e6 for name, t in totals.items()}
     window = np.asarray(paused._window_reader.read(0))
     k, pause_id, length = paused.pause_mode.online_pauses, paused.pause_id, window.shape[0]
-    calls = {"hot_key": lambda i: pause.pause_key(1, i, pause.ONLINE_STREAM)}
-    for name, module in variants.items():
-        calls[f"hot_insert_{name}"] = lambda i, module=module: (
-            setattr(pause, "_pause_kernels", module),
-            pause.insert_pauses(window, k, pause_id, i, length, np.int64),
-        )
+
+    def hot_loop(call) -> float:
+        start = time.thread_time()
+        for i in range(samples):
+            call(i)
+        return (time.thread_time() - start) / samples * 1e6
+
+    result["hot_key_us"] = hot_loop(lambda i: pause.pause_key(1, i, pause.ONLINE_STREAM))
     try:
-        for name, call in calls.items():
-            start = time.thread_time()
-            for i in range(samples):
-                call(i)
-            result[f"{name}_us"] = (time.thread_time() - start) / samples * 1e6
+        for name, module in variants.items():
+            pause._pause_kernels = module
+            result[f"hot_insert_{name}_us"] = hot_loop(
+                lambda i: pause.insert_pauses(window, k, pause_id, i, length, np.int64)
+            )
     finally:
         pause._pause_kernels = kernel
     return result

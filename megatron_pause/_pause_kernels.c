@@ -71,6 +71,14 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *
     return 0;
 }
 
+/* The struct-module type letter of a buffer, without its byte-order prefix ('B' if none given). A
+   non-native order ('<' on a big-endian machine, '>' or '!') keeps its prefix and so matches no letter. */
+static char type_code(const Py_buffer *view) {
+    const char *fmt = view->format ? view->format : "B";
+    if (*fmt == '@' || *fmt == '=' || (*fmt == '<' && PY_LITTLE_ENDIAN)) fmt++;
+    return *fmt;
+}
+
 /* fill_pause_mask(mask: writable bool/uint8 buffer, k: int, key: int) */
 static PyObject *fill_pause_mask(PyObject *self, PyObject *args) {
     PyObject *mask_obj;
@@ -130,17 +138,15 @@ static PyObject *insert_pauses(PyObject *self, PyObject *args) {
         PyBuffer_Release(&out);
         return NULL;
     }
-    const char *fmt = tokens.format ? tokens.format : "B";
-    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
-    int is_signed = strchr("bhilq", *fmt) != NULL;
-    int is_integer = is_signed || strchr("BHILQ", *fmt) != NULL;
-    const char *out_fmt = out.format ? out.format : "B";
-    if (*out_fmt == '<' || *out_fmt == '=' || *out_fmt == '@') out_fmt++;
+    char fmt = type_code(&tokens), out_fmt = type_code(&out);
+    /* fmt != 0: strchr would find the string's terminator. */
+    int is_signed = fmt && strchr("bhilq", fmt) != NULL;
+    int is_integer = is_signed || (fmt && strchr("BHILQ", fmt) != NULL);
     uint64_t n = (uint64_t)tokens.shape[0], total = n + k, keep = (uint64_t)out.shape[0];
     const char *problem = NULL;
     if (!is_integer || !(tokens.itemsize == 1 || tokens.itemsize == 2 || tokens.itemsize == 4 || tokens.itemsize == 8)) {
         problem = "tokens must be an integer array";
-    } else if (out.itemsize != 8 || !strchr("lq", *out_fmt)) {
+    } else if (out.itemsize != 8 || !(out_fmt && strchr("lq", out_fmt))) {
         problem = "out must be an int64 array";
     } else if (total >= MAX_SLOTS) {
         problem = "at most 2^32 - 1 pause slots";

@@ -51,7 +51,8 @@ _MASK64 = (1 << 64) - 1
 _SCALAR_DRAWS = 24
 _32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
-# Both draws build the 128-bit product v * total from 32-bit halves in the numpy twin.
+# The numpy twin builds the 128-bit product v * total from 32-bit halves of v, which is exact
+# only for total < 2^32; the kernel enforces the same bound, so both accept the same inputs.
 MAX_PAUSE_SLOTS = (1 << 32) - 1
 
 
@@ -98,8 +99,9 @@ def pause_slots(total: int, k: int, key: int) -> np.ndarray:
     The draw: slots are drawn uniformly (with replacement) from a splitmix64 stream seeded by the
     key, until k distinct ones have been seen. Those k are the subset, which by symmetry is a
     uniformly random k-subset. When k > total/2 the total - k free slots are drawn instead.
-    Each draw is exact (Lemire's multiply-and-reject bounded integers). The compiled kernel and :func:`_pause_slots_numpy` both
-    implement this draw and give identical masks (tests/test_pause.py).
+    Each draw is exact (Lemire's multiply-and-reject bounded integers). The compiled kernel and
+    :func:`_pause_slots_numpy` both implement this draw and give identical masks
+    (tests/test_pause.py).
     """
     total, k = int(total), int(k)
     if not 0 <= k <= total:
@@ -148,6 +150,7 @@ def _pause_slots_numpy(total: int, k: int, key: int) -> np.ndarray:
     # Lemire's exact bounded draw: slot = high 64 bits of v * total, skipped when the low 64 bits
     # fall below (2^64 - total) mod total.
     threshold = (1 << 64) % total if total else 0  # == (2^64 - total) mod total
+    n, low_threshold = np.uint64(total), np.uint64(threshold)
     seen = drawn = 0
     while seen < wanted:
         need = wanted - seen
@@ -163,8 +166,7 @@ def _pause_slots_numpy(total: int, k: int, key: int) -> np.ndarray:
         drawn += need
         # numpy has no 128-bit product: the high half comes from 32-bit halves of v (exact for
         # total < 2^32), the low half from the wrapping 64-bit product.
-        n = np.uint64(total)
-        usable = v * n >= np.uint64(threshold)
+        usable = v * n >= low_threshold
         high = ((v >> _32) * n + (((v & _LOW32) * n) >> _32)) >> _32
         mask[high[usable]] = True
         seen = int(np.count_nonzero(mask))

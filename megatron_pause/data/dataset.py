@@ -485,7 +485,7 @@ def build_pretraining_datasets(
             "(megatron_pause/_pause_kernels.c) was not built for %s. Same pauses, slower samples "
             "(DataLoader workers, --num-workers, hide it); to build it run `pip install -e .` or "
             "`python setup.py build_ext --inplace` there",
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         )
     dataset_config = PauseGPTDatasetConfig(
         random_seed=config.seed,
