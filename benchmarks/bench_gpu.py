@@ -35,7 +35,6 @@ import importlib
 import importlib.util
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -136,12 +135,6 @@ class Result:
     argv: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def config_flags(name: str) -> list[str]:
     impl, precision = name.split("-")
     flags = ["--bf16"]
@@ -170,6 +163,8 @@ def summarize(metrics: list[dict], warmup: int) -> dict:
 
 
 def run_config(name: str, args: argparse.Namespace, workdir: Path, extra_pythonpath: list[str]) -> Result:
+    from megatron_pause.testing import free_port  # importable once main() has put REPO on sys.path
+
     metrics_file = workdir / f"{name}.jsonl"
     log_file = workdir / f"{name}.log"
     argv = [
@@ -196,7 +191,7 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path, extra_pythonp
         WORLD_SIZE="1",
         LOCAL_RANK="0",
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
+        MASTER_PORT=str(free_port()),
         CUDA_DEVICE_MAX_CONNECTIONS="1",
         PYTHONPATH=os.pathsep.join([str(REPO), *extra_pythonpath, os.environ.get("PYTHONPATH", "")]).rstrip(
             os.pathsep

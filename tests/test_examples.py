@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -33,6 +32,7 @@ import pytest
 
 from megatron_pause.arguments import parse_args, validate_config
 from megatron_pause.config import model_preset
+from megatron_pause.testing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -522,12 +522,6 @@ def test_cpu_script_preprocess_flags_exist():
 # ------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -562,7 +556,7 @@ def test_1b_script_trains_tiny_on_cpu_and_resumes(slurm, tmp_path):
     env = dict(
         FAKE_SRUN_MODE="run",
         FAKE_HOSTNAMES="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
+        MASTER_PORT=str(free_port()),
         DATA_PATH="",
         TOKENIZER_MODEL=str(SAMPLE_TOKENIZER) if SAMPLE_TOKENIZER.exists() else "",
         TENSORBOARD_DIR="",
@@ -583,7 +577,7 @@ def test_1b_script_trains_tiny_on_cpu_and_resumes(slurm, tmp_path):
     assert any(m["split"] == "valid" and m["iteration"] == 2 for m in _metrics(metrics))
     assert any(Path(slurm.checkpoint_dir).iterdir()), "no checkpoint written"
 
-    env["MASTER_PORT"] = str(_free_port())
+    env["MASTER_PORT"] = str(free_port())
     second = slurm.submit(
         "pretrain_pause_1b.sh",
         "--nodes=1",

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,23 +20,18 @@ import pytest
 import torch
 
 from megatron_pause.config import ParallelConfig, PrecisionConfig, model_preset
+from megatron_pause.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
 PADDED_VOCAB = 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def process_group():
     from megatron_pause.distributed import LaunchEnv, destroy_distributed, init_distributed
 
-    launch = LaunchEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=_free_port())
+    launch = LaunchEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=free_port())
     init_distributed(ParallelConfig(), num_layers=model_preset("tiny").num_layers, seed=1234, launch=launch)
     assert torch.distributed.get_backend() == "nccl"
     yield
@@ -121,7 +115,7 @@ def test_pretrain_entry_point_on_one_gpu(tmp_path):
         WORLD_SIZE="1",
         LOCAL_RANK="0",
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
+        MASTER_PORT=str(free_port()),
         CUDA_DEVICE_MAX_CONNECTIONS="1",
         PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     )
