@@ -39,7 +39,7 @@ import importlib.util
 import os
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from megatron_pause.config import (
@@ -146,23 +146,12 @@ class _Builder:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full command line. Options absent from argv are absent from the parsed namespace."""
-    parser = argparse.ArgumentParser(
-        prog="megatron-pause-pretrain",
-        description=(
-            "Pretrain a GPT model with pause tokens (Goyal et al., ICLR 2024) on megatron-core. "
-            "Flags follow Megatron-LM's pretrain_gpt.py. Launch one process per device with torchrun or srun."
-        ),
-        argument_default=argparse.SUPPRESS,
-        allow_abbrev=False,  # a typo must not silently match a longer flag
-    )
-
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    g = _Builder(parser.add_argument_group("model"))
     presets = "; ".join(
         f"{name}: {p['num_layers']}x{p['hidden_size']}, {p['num_attention_heads']} heads, seq {p['seq_length']}"
         for name, p in MODEL_PRESETS.items()
     )
-    g = _Builder(parser.add_argument_group("model"))
     g.group.add_argument(
         "--model-size",
         dest=_MODEL_SIZE,
@@ -241,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.value("--pause-init", "model.pause_init", str, "Initial <pause> embedding row.", choices="literal")
 
+
+def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("parallelism"))
     g.value(
         "--tensor-model-parallel-size",
@@ -275,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Overlap the parameter all-gather with forward (needs --use-distributed-optimizer).",
     )
 
+
+def _add_precision_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("mixed precision"))
     g.true("--bf16", "precision.bf16", "bfloat16 parameters and compute, fp32 main weights.")
     g.true("--fp16", "precision.fp16", "float16 with loss scaling.")
@@ -293,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Also run attention in FP8 (needs --fp8-format).",
     )
 
+
+def _add_pause_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("pause tokens"))
     g.value(
         "--pause-fraction",
@@ -302,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.value("--pause-token", "pause.pause_token", str, "The pause token's text in the tokenizer.")
 
+
+def _add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("tokenizer"))
     g.value("--tokenizer-type", "tokenizer.tokenizer_type", str, "Tokenizer.", choices=TOKENIZER_TYPES)
     g.value(
@@ -311,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "SentencePiece .model file, or a local Hugging Face tokenizer folder.",
     )
 
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("data"))
     g.group.add_argument(
         "--data-path",
@@ -332,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.true("--eod-mask-loss", "data.eod_mask_loss", "Exclude end-of-document targets from the loss.")
     g.value("--num-workers", "data.num_workers", int, "Data loader worker processes.")
 
+
+def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("optimizer and schedule"))
     g.value("--optimizer", "optimizer.optimizer", str, "Optimizer.", choices="literal")
     g.value("--lr", "optimizer.lr", float, "Peak learning rate.")
@@ -345,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.value("--adam-eps", "optimizer.adam_eps", float, "Adam epsilon.")
     g.value("--clip-grad", "optimizer.clip_grad", float, "Global gradient-norm clip (0 disables).")
 
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("training"))
     g.value("--micro-batch-size", "training.micro_batch_size", int, "Samples per device per forward pass.")
     g.value(
@@ -391,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Save and exit after an iteration divisible by this.",
     )
 
+
+def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("checkpointing"))
     g.value("--save", "checkpoint.save", str, "Checkpoint directory to write.")
     g.value("--load", "checkpoint.load", str, "Checkpoint directory to resume from (may equal --save).")
@@ -415,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Ignore SIGTERM's save-and-exit.",
     )
 
+
+def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
     g = _Builder(parser.add_argument_group("logging"))
     g.value("--log-interval", "logging.log_interval", int, "Log every this many steps.")
     g.value("--tensorboard-dir", "logging.tensorboard_dir", str, "TensorBoard event directory.")
@@ -430,6 +437,42 @@ def build_parser() -> argparse.ArgumentParser:
         float,
         "Peak FLOP/s of one device for MFU, e.g. 989e12 (default: detected GPU; none on CPU).",
     )
+
+
+# Flag groups by config section, in --help order. Entry points compose the groups they need
+# (finetuning, generation and evaluation reuse these) instead of redefining flags.
+FLAG_GROUPS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "model": _add_model_flags,
+    "parallel": _add_parallel_flags,
+    "precision": _add_precision_flags,
+    "pause": _add_pause_flags,
+    "tokenizer": _add_tokenizer_flags,
+    "data": _add_data_flags,
+    "optimizer": _add_optimizer_flags,
+    "training": _add_training_flags,
+    "checkpoint": _add_checkpoint_flags,
+    "logging": _add_logging_flags,
+}
+
+
+def build_parser(
+    groups: Sequence[str] | None = None,
+    prog: str = "megatron-pause-pretrain",
+    description: str = (
+        "Pretrain a GPT model with pause tokens (Goyal et al., ICLR 2024) on megatron-core. "
+        "Flags follow Megatron-LM's pretrain_gpt.py. Launch one process per device with torchrun or srun."
+    ),
+) -> argparse.ArgumentParser:
+    """The command line made of ``groups`` (default: all of :data:`FLAG_GROUPS`). Options absent
+    from argv are absent from the parsed namespace."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # a typo must not silently match a longer flag
+    )
+    for name in FLAG_GROUPS if groups is None else groups:
+        FLAG_GROUPS[name](parser)
     return parser
 
 
@@ -438,13 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:
+def parse_args(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> PretrainConfig:
     """Parse a Megatron-style command line into a :class:`PretrainConfig`.
 
-    Argparse errors (unknown flags, bad values) exit with status 2 and a usage message, as
-    Megatron-LM does. Layout checks are separate: see :func:`validate_config`.
+    ``parser`` defaults to the full pretraining command line; other entry points pass one built
+    from the flag groups they use (sections they leave out keep their defaults). Argparse errors
+    (unknown flags, bad values) exit with status 2 and a usage message, as Megatron-LM does.
+    Layout checks are separate: see :func:`validate_config`.
     """
-    parser = build_parser()
+    parser = parser or build_parser()
     given = vars(parser.parse_args(argv))
 
     sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTION_CLASSES}
