@@ -9,8 +9,8 @@
 # matched to its CUDA/cuDNN/NCCL, Transformer Engine (FP8, fused kernels) and apex. We pin the
 # 25.09 release because:
 #   * it is the image Megatron-LM itself tests megatron-core against (its docker/.ngc_version.lts);
-#   * its Python is 3.12, for which megatron-core==0.16.1 publishes a cp312 wheel (x86_64 and
-#     aarch64; the wheel's Requires-Python is >=3.10; megatron-core 0.17+ needs 3.12 as well);
+#   * its Python is 3.12, which megatron-core 0.17+ requires (megatron-core==0.19.2 publishes
+#     cp312 wheels for x86_64 and aarch64; its Requires-Python is >=3.12);
 #   * its torch is a 2.9 build, above megatron-core's torch>=2.6.0 requirement. pip accepts an
 #     installed pre-release ("2.9.0a0+...") as satisfying that, so nothing asks to replace it;
 #   * since 25.03 the container sets PIP_CONSTRAINT=/etc/pip/constraint.txt, pinning every package
@@ -45,11 +45,11 @@ RUN set -eux; \
     printf 'torch==%s\n' "$TORCH_BEFORE" > /tmp/container-torch.txt; \
     pip install --no-build-isolation \
         -c /tmp/container-torch.txt ${PIP_CONSTRAINT:+-c "$PIP_CONSTRAINT"} \
-        "megatron-core==0.16.1" .; \
+        "megatron-core==0.19.2" .; \
     TORCH_AFTER="$(python -c 'import torch; print(torch.__version__)')"; \
     test "$TORCH_BEFORE" = "$TORCH_AFTER"; \
     python -c "import torch; assert torch.version.cuda, 'torch lost its CUDA build'"; \
-    python -c "import megatron.core as mc; assert mc.__version__ == '0.16.1', mc.__version__"; \
+    python -c "import megatron.core as mc; assert mc.__shortversion__ == '0.19.2', mc.__version__"; \
     python -c "import importlib.util as u; assert u.find_spec('transformer_engine'), 'no Transformer Engine'"; \
     python -c "import megatron_pause.arguments"; \
     python -c "import megatron_pause.pause as p; assert p.kernel_in_use(), 'pause kernel not built'"; \

@@ -18,7 +18,7 @@ MFU is the trainer's: model FLOPs per token x tokens/s over the device's peak (d
 GPU name, or ``--peak-flops``). For FP8 the trainer doubles the bf16 peak, so FP8 MFU is measured
 against the FP8 peak.
 
-Works offline: if ``megatron.core`` is not importable, megatron-core==0.16.1 is installed from a
+Works offline: if ``megatron.core`` is not importable, megatron-core==0.19.2 is installed from a
 wheel in ``wheels/`` at the repository root (``pip install --no-index --find-links wheels
 --no-deps``, so the machine's CUDA torch is never touched), falling back to unpacking the wheel
 onto PYTHONPATH where site-packages is read-only.
@@ -47,7 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WHEELS = REPO / "wheels"
-MEGATRON_CORE = "megatron-core==0.16.1"
+MEGATRON_CORE = "megatron-core==0.19.2"
 ALL_CONFIGS = ("local-bf16", "te-bf16", "te-fp8")
 
 
@@ -64,7 +64,7 @@ def _wheel_for_this_python(name: str) -> Path | None:
 
 
 def ensure_megatron_core(extra_pythonpath: list[str]) -> str:
-    """Make megatron.core 0.16.1 importable (here and in the child run); returns how."""
+    """Make megatron.core 0.19.2 importable (here and in the child run); returns how."""
     # megatron-core warns at import about optional packages; the run's own log reports what matters.
     warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
     try:
@@ -108,7 +108,7 @@ def ensure_megatron_core(extra_pythonpath: list[str]) -> str:
             how = f"unpacked {wheel.name} onto PYTHONPATH"
         importlib.invalidate_caches()
         import megatron.core as mc
-    version = getattr(mc, "__version__", "unknown")
+    version = getattr(mc, "__shortversion__", None) or getattr(mc, "__version__", "unknown").split("+")[0]
     if version != MEGATRON_CORE.split("==")[1]:
         raise SystemExit(f"megatron.core {version} is importable, but this project pins {MEGATRON_CORE}")
     return how

@@ -11,7 +11,7 @@ PY=.venv/bin/python
 # megatron-core warns at import that Transformer Engine and apex are absent: expected on CPU.
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning}
 
-echo "== 1/4 set up .venv (CPU torch, megatron-core 0.16.1)"
+echo "== 1/4 set up .venv (CPU torch, megatron-core 0.19.2)"
 bash scripts/setup_env.sh
 rm -rf "$OUT" && mkdir -p "$OUT"   # a fresh run each time (metrics are appended)
 

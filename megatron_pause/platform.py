@@ -1,4 +1,4 @@
-"""Run megatron-core 0.16.1 on CPU (gloo): the one place that knows about CUDA workarounds.
+"""Run megatron-core 0.19.2 on CPU (gloo): the one place that knows about CUDA workarounds.
 
 megatron-core assumes CUDA in a handful of places that the training path
 reaches even when nothing needs a GPU: pipeline schedules allocate counters
@@ -34,10 +34,10 @@ idempotent everywhere):
      different dropout masks. Ours read/write the CPU generator.
    - ``optimizer.optimizer.Float16OptimizerWithFloat16Params.__init__``,
      ``optimizer.distrib_optimizer.DistributedOptimizer._build_model_and_main_param_groups``
-     and ``optimizer.clip_grads.get_grad_norm_fp32`` / ``clip_grad_by_total_norm_fp32``:
+     and ``optimizer.clip_grads.clip_grad_by_total_norm_fp32``:
      they accept only ``param.type()`` strings of CUDA tensors; while they run,
      CPU tensors report the CUDA type name.
-   - ``dist_checkpointing.exchange_utils.exchange_loaded_tensors_gather_object``
+   - ``dist_checkpointing.exchange_utils.exchange_loaded_tensors_gather_rounds``
      / ``..._broadcast`` and ``DistributedOptimizer`` resharding helpers call
      ``tensor.cuda()``; while they run, ``.cuda()`` returns the tensor itself.
 
@@ -63,9 +63,9 @@ from typing import Any
 
 import torch
 
-SUPPORTED_MEGATRON_CORE = "0.16.1"
+SUPPORTED_MEGATRON_CORE = "0.19.2"
 
-# Megatron modules whose global ``torch`` is redirected, with the CUDA uses found in each (0.16.1).
+# Megatron modules whose global ``torch`` is redirected, with the CUDA uses found in each (0.19.2).
 PATCHED_MODULES: dict[str, str] = {
     "megatron.core.pipeline_parallel.schedules": 'num-token counters on device="cuda"',
     "megatron.core.pipeline_parallel.p2p_communication": "recv buffers on torch.cuda.current_device(); cuda.synchronize",
@@ -86,21 +86,32 @@ PATCHED_MODULES: dict[str, str] = {
     "megatron.core.models.common.embeddings.rotary_pos_embedding": "inv_freq moved to current_device",
 }
 
-# Functions replaced or wrapped, with the reason (details in the module docstring).
+# Functions replaced or wrapped, with the reason (details in the module docstring), as read in
+# 0.19.2's source. 0.19.2 dropped two patches 0.16.1 needed: ``clip_grads.get_grad_norm_fp32`` no
+# longer compares ``grad.type()`` (its ``device='cuda'`` scalars go through the redirected module
+# ``torch``), and ``exchange_utils.exchange_loaded_tensors_gather_object`` no longer calls ``.cuda()``.
 PATCHED_FUNCTIONS: dict[str, str] = {
-    "megatron.core.tensor_parallel.random._get_cuda_rng_state": "read the CPU generator instead of a CUDA one",
-    "megatron.core.tensor_parallel.random._set_cuda_rng_state": "_lazy_call never runs on CPU: set the CPU generator",
-    "megatron.core.optimizer.optimizer.Float16OptimizerWithFloat16Params.__init__": "param.type() CUDA names",
+    "megatron.core.tensor_parallel.random._get_cuda_rng_state": (
+        "indexes torch.cuda.default_generators: read the CPU generator instead"
+    ),
+    "megatron.core.tensor_parallel.random._set_cuda_rng_state": (
+        "queues the set through torch.cuda._lazy_call, which never runs on CPU: set the CPU generator"
+    ),
+    "megatron.core.optimizer.optimizer.Float16OptimizerWithFloat16Params.__init__": (
+        "accepts only param.type() in torch.cuda.{Half,BFloat16,Float}Tensor"
+    ),
     "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer._build_model_and_main_param_groups": (
-        "param.type() CUDA names"
+        "accepts only param.type() in torch.cuda.{Half,BFloat16,Float}Tensor"
     ),
     "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero": (
         "send_tensor.cuda() when gathering optimizer state for a checkpoint"
     ),
-    "megatron.core.optimizer.clip_grads.get_grad_norm_fp32": "grad.type() == 'torch.cuda.FloatTensor'",
-    "megatron.core.optimizer.clip_grads.clip_grad_by_total_norm_fp32": "grad.type() CUDA names",
-    "megatron.core.dist_checkpointing.exchange_utils.exchange_loaded_tensors_gather_rounds": "tensor.cuda()",
-    "megatron.core.dist_checkpointing.exchange_utils.exchange_loaded_tensors_gather_object": "tensor.cuda()",
+    "megatron.core.optimizer.clip_grads.clip_grad_by_total_norm_fp32": (
+        "asserts grad.type() == 'torch.cuda.FloatTensor'"
+    ),
+    "megatron.core.dist_checkpointing.exchange_utils.exchange_loaded_tensors_gather_rounds": (
+        "tensor.cuda() and device='cuda' receive buffers"
+    ),
     "megatron.core.dist_checkpointing.exchange_utils.exchange_loaded_tensors_broadcast": "tensor.cuda()",
 }
 
@@ -337,14 +348,23 @@ def _replace(qualname: str, make: Callable[[Callable[..., Any]], Callable[..., A
     _patched.append(qualname)
 
 
+def megatron_core_version() -> str:
+    """The installed megatron-core release, e.g. ``"0.19.2"``.
+
+    Not ``megatron.core.__version__``: from 0.19 its package_info appends ``+<sha>`` of whatever
+    git checkout the installed files sit in (a venv inside this repository gets our commit hash).
+    """
+    import megatron.core
+
+    return getattr(megatron.core, "__shortversion__", None) or megatron.core.__version__.split("+")[0]
+
+
 def install() -> None:
     """Make megatron-core's training path run on CPU. No-op with CUDA; idempotent."""
     global _installed, _CPU_TORCH
     if _installed or cuda_available():
         return
-    import megatron.core
-
-    version = getattr(megatron.core, "__version__", None)
+    version = megatron_core_version()
     if version != SUPPORTED_MEGATRON_CORE:
         raise RuntimeError(
             f"megatron_pause's CPU layer is written for megatron-core {SUPPORTED_MEGATRON_CORE}, found {version}; "
@@ -370,27 +390,31 @@ def install() -> None:
 def use_in_process_checkpoint_queue() -> None:
     """Not a CUDA workaround, but a megatron one, so it lives here too (on any device).
 
-    ``dist_checkpointing.strategies.filesystem_async._get_write_results_queue``
-    starts a *spawn*-context ``multiprocessing.Manager`` the first time a rank
-    saves: ~3 s per process on a small machine, a process that re-imports the
-    launcher's ``__main__``, and an orphan when a rank exits abruptly. We only
-    save synchronously, where that queue is written and read by the saving
-    process itself, so a plain in-process queue is exact.
+    ``dist_checkpointing.strategies.filesystem_async.get_write_results_queue``
+    (``_get_write_results_queue`` before 0.17) starts a *spawn*-context
+    ``multiprocessing.Manager`` the first time a rank saves: ~3 s per process on
+    a small machine, a process that re-imports the launcher's ``__main__``, and
+    an orphan when a rank exits abruptly. We only save synchronously, where that
+    queue is written and read by the saving process itself (0.19 writes shards
+    from threads of that process), so a plain in-process queue is exact.
     """
     import queue
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    if getattr(filesystem_async._get_write_results_queue, "__megatron_pause_original__", None):
+    name = next(
+        n for n in ("get_write_results_queue", "_get_write_results_queue") if hasattr(filesystem_async, n)
+    )
+    original_fn = getattr(filesystem_async, name)
+    if getattr(original_fn, "__megatron_pause_original__", None):
         return
     local_queue: queue.Queue = queue.Queue()
-    original_fn = filesystem_async._get_write_results_queue
 
-    def _in_process_queue() -> queue.Queue:
-        return local_queue
+    def _in_process_queue(*args: Any, **kwargs: Any) -> queue.Queue:
+        return local_queue  # mp_mode and the like only choose a multiprocessing context
 
     _in_process_queue.__megatron_pause_original__ = original_fn  # type: ignore[attr-defined]
-    filesystem_async._get_write_results_queue = _in_process_queue
+    setattr(filesystem_async, name, _in_process_queue)
 
 
 def patched_functions() -> list[str]:

@@ -284,16 +284,16 @@ def _kill_world(rank, world, root, kill_rank, kill_at, marker):
     run.train(range(2, 3))
     writer_cls = filesystem_async.FileSystemWriterAsync
     if rank != kill_rank and kill_at == "shards":
-        # megatron writes shards in processes forked from each rank. The harness kills the
-        # surviving ranks when one dies; a writer of theirs still running then would be orphaned
-        # (blocked on its queues forever). So the other ranks finish writing first and say so.
-        write_all = writer_cls.write_preloaded_data_multiproc
+        # megatron-core 0.19 writes shards from threads of each rank (0.16 forked processes). The
+        # harness kills the surviving ranks when one dies; a write of theirs still running then
+        # would be cut short. So the other ranks finish writing first and say so.
+        write_all = writer_cls.write_preloaded_data_multithread
 
         def write_and_report(*args, **kwargs):
             write_all(*args, **kwargs)
             open(f"{marker}.{rank}", "w").close()
 
-        writer_cls.write_preloaded_data_multiproc = staticmethod(write_and_report)
+        writer_cls.write_preloaded_data_multithread = staticmethod(write_and_report)
     if rank == kill_rank:
         rank_pid = os.getpid()
         if kill_at == "shards":
@@ -301,16 +301,14 @@ def _kill_world(rank, world, root, kill_rank, kill_at, marker):
 
             @functools.wraps(original)  # megatron inspects its signature
             def write_then_die(*args, **kwargs):
-                # Runs in the writer process megatron forks from this rank: once the other ranks
-                # have written, write one item, then the rank and its writer die as if the node
-                # went down.
+                # Runs in a writer thread of this rank: once the other ranks have written, write
+                # one item, then the rank dies as if the node went down.
                 deadline = time.monotonic() + 60
                 others = [f"{marker}.{r}" for r in range(world) if r != kill_rank]
                 while not all(os.path.exists(m) for m in others) and time.monotonic() < deadline:
                     time.sleep(0.01)
                 result = original(*args, **kwargs)
                 os.kill(rank_pid, signal.SIGKILL)
-                os.kill(os.getpid(), signal.SIGKILL)
                 return result
 
             filesystem_async._write_item = write_then_die

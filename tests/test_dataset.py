@@ -255,7 +255,7 @@ def test_window_reader_reads_megatrons_windows(tmp_path, pad):
         reader = MMapWindowReader.for_dataset(paused)
         assert reader is not None
         for i in range(len(paused)):
-            expected, document_ids = GPTDataset._query_document_sample_shuffle_indices(paused, i)
+            expected, document_ids, *_ = GPTDataset._query_document_sample_shuffle_indices(paused, i)
             got = reader.read(i)
             assert got.tolist() == expected.tolist(), i
             spans += len(document_ids) > 1

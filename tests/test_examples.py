@@ -647,7 +647,7 @@ def test_dockerfile_base_image():
     base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
     m = re.fullmatch(r"nvcr\.io/nvidia/pytorch:(\d\d)\.(\d\d)-py3", base)
     assert m, f"base image {base!r} is not an NGC PyTorch container"
-    # 25.03+: Python 3.12 (megatron-core 0.16.1 ships a cp312 wheel), torch >= 2.6, and the
+    # 25.03+: Python 3.12 (megatron-core 0.17+ requires it), torch >= 2.6, and the
     # container's PIP_CONSTRAINT pinning its torch.
     assert (int(m[1]), int(m[2])) >= (25, 3)
 
@@ -659,7 +659,7 @@ def test_dockerfile_pins_megatron_core_like_pyproject():
     (pin,) = [d for d in deps if d.replace(" ", "").startswith("megatron-core")]
     runs = " ".join(arg for op, arg in _dockerfile_instructions() if op == "RUN")
     assert re.findall(r"megatron-core==[\d.]+", runs) == [pin.replace(" ", "")]
-    assert f"mc.__version__ == '{pin.split('==')[1]}'" in runs
+    assert f"mc.__shortversion__ == '{pin.split('==')[1]}'" in runs
 
 
 def test_dockerfile_keeps_the_container_torch():
@@ -757,12 +757,12 @@ def test_bench_configurations(bench):
 def test_bench_picks_the_wheel_for_this_python(bench, tmp_path, monkeypatch):
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     for name in [
-        f"megatron_core-0.16.1-{tag}-{tag}-manylinux_2_28_x86_64.whl",
-        "megatron_core-0.16.1-cp39-cp39-manylinux_2_28_x86_64.whl",
+        f"megatron_core-0.19.2-{tag}-{tag}-manylinux_2_28_x86_64.whl",
+        "megatron_core-0.19.2-cp39-cp39-manylinux_2_28_x86_64.whl",
     ]:
         (tmp_path / name).write_bytes(b"")
     monkeypatch.setattr(bench, "WHEELS", tmp_path)
-    assert bench._wheel_for_this_python("megatron_core").name.startswith(f"megatron_core-0.16.1-{tag}")
+    assert bench._wheel_for_this_python("megatron_core").name.startswith(f"megatron_core-0.19.2-{tag}")
     assert bench._wheel_for_this_python("nothing_here") is None
 
 

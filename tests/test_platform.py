@@ -27,7 +27,7 @@ from megatron_pause.testing import run_distributed
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# sha256 of inspect.getsource() of every patched megatron-core 0.16.1 function.
+# sha256 of inspect.getsource() of every patched megatron-core 0.19.2 function.
 # When one changes, re-read the new source against the patch's reason in
 # megatron_pause/platform.py before updating the hash here.
 PATCHED_SOURCE_SHA256 = {
@@ -38,25 +38,19 @@ PATCHED_SOURCE_SHA256 = {
         "b179c9d95438b61c1d9b58e8e13cc6534f2ae2f870d991c42438de53829ed398"
     ),
     "megatron.core.optimizer.optimizer.Float16OptimizerWithFloat16Params.__init__": (
-        "1d470dedcf8e2f0ee8cf6e02bef57a96debdbc7bebbad78a52b50001d9b8b839"
+        "de5b6824092210272b4cb5ca5a5fc957377012431ce5a1e18003da875545cda9"
     ),
     "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer._build_model_and_main_param_groups": (
-        "1b9f0ec06718f817fe8ce6b8bc62ae2a4e096a3cf599a19511ce9d9355f3b7f8"
+        "3fce9be2b6d1d143559761811d30afc63d63c6405dbead686f30996997096951"
     ),
     "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer.get_parameter_state_dp_zero": (
-        "812c52ea4568b0ffae6132290b6bffe247fa0c44e42835be3e1ae55cbadd838b"
-    ),
-    "megatron.core.optimizer.clip_grads.get_grad_norm_fp32": (
-        "7fa2ba2493d43f1d3693ee62b5558ffccf3b0b2976bf746613187ff3bbc8b86f"
+        "14d11a75ad9ccd8bed9b8df6a27f8d8340ee3e387da8257c58a6b027fff84608"
     ),
     "megatron.core.optimizer.clip_grads.clip_grad_by_total_norm_fp32": (
-        "8edb9da5365045a5d1c21c4ca81697412bbdbab725209db8df00dc90d03363e1"
+        "cf07b488fb76a8ae90ba0809d1fbd36e05dcccf24b4644af1621a8b616c01784"
     ),
     "megatron.core.dist_checkpointing.exchange_utils.exchange_loaded_tensors_gather_rounds": (
-        "c94a7f0509291a8f96f704aa5ca12e395bdb40c979efc254059243f50111834b"
-    ),
-    "megatron.core.dist_checkpointing.exchange_utils.exchange_loaded_tensors_gather_object": (
-        "e3f29612548b5209d799ebf424afb641b07f8518f149793a42e3c57a8a0878a2"
+        "aa1113c5e4f9dd6e7bee9283c7d738aefb131efe4d3cc19c89b16c634a97edb6"
     ),
     "megatron.core.dist_checkpointing.exchange_utils.exchange_loaded_tensors_broadcast": (
         "f407cf439a0a7f6b75e3afcc679a0a337779dc5a6717f59924505cbf91ebd8fd"
@@ -95,16 +89,17 @@ def test_install_patches_on_cpu():
 def test_megatron_core_version_is_pinned():
     import megatron.core
 
-    assert megatron.core.__version__ == "0.16.1"
-    assert importlib.metadata.version("megatron-core") == "0.16.1"
+    assert platform.megatron_core_version() == "0.19.2"
+    assert megatron.core.__version__.split("+")[0] == "0.19.2"
+    assert importlib.metadata.version("megatron-core") == "0.19.2"
 
 
 def test_install_refuses_other_megatron_versions(monkeypatch):
     import megatron.core
 
     monkeypatch.setattr(platform, "_installed", False)
-    monkeypatch.setattr(megatron.core, "__version__", "0.17.0")
-    with pytest.raises(RuntimeError, match=r"0\.16\.1.*found 0\.17\.0"):
+    monkeypatch.setattr(megatron.core, "__shortversion__", "0.20.0")
+    with pytest.raises(RuntimeError, match=r"0\.19\.2.*found 0\.20\.0"):
         platform.install()
 
 

@@ -232,9 +232,11 @@ class PauseGPTDataset(GPTDataset):
             )
         return super()._get_num_epochs(num_tokens_per_epoch)
 
-    def _query_document_sample_shuffle_indices(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
-        text, document_ids = super()._query_document_sample_shuffle_indices(idx)
-        return self._paused_window(text, idx), document_ids
+    def _query_document_sample_shuffle_indices(self, idx: int) -> tuple[np.ndarray, ...]:
+        # megatron-core 0.19 returns (text, document_ids, document_lengths); the lengths count
+        # tokens before pause insertion, which is why inter-document masking is refused with pauses.
+        text, *rest = super()._query_document_sample_shuffle_indices(idx)
+        return (self._paused_window(text, idx), *rest)
 
     def _paused_window(self, window: np.ndarray, idx: int) -> np.ndarray:
         """Sample ``idx``'s window with its online pauses, as a new int64 array."""
@@ -289,7 +291,7 @@ class PauseGPTDataset(GPTDataset):
         if self._window_reader:
             text = self._paused_window(self._window_reader.read(idx), idx)
         else:
-            text, _ = self._query_document_sample_shuffle_indices(idx)
+            text, *_ = self._query_document_sample_shuffle_indices(idx)
         labels = text[1:]
         keep = labels != self.pause_id
         if self.config.eod_mask_loss:

@@ -393,6 +393,8 @@ def save_checkpoint(
     if rank == 0:
         meta = {
             "format_version": FORMAT_VERSION,
+            # 0.17+ writes a format 0.16 cannot read (no common.pt): loaders compare against this.
+            "megatron_core": platform.megatron_core_version(),
             "iteration": iteration,
             "train_state": train_state,
             "layout": _layout(),
