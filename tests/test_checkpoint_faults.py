@@ -202,3 +202,21 @@ def test_tp2_pp2_checkpoint_with_one_rank_file_truncated(tmp_path_factory, capfd
     argv = [*ARGS, *TP2PP2, "--load", root, "--ckpt-step", "2", "--metrics-file", str(metrics)]
     assert run_distributed(_main, 4, argv, timeout=300) == [0] * 4
     assert _metrics(metrics) == {it: reference[it] for it in (3, 4)}
+
+
+def test_load_warning_filter_is_exactly_megatron_cores_three():
+    from megatron_pause.training import checkpoint
+
+    others = [
+        ("The argument order of save has been changed", UserWarning),
+        ("Please use DTensor instead and we are deprecating ShardedTensor.", UserWarning),  # other category
+        ("anything else", FutureWarning),
+    ]
+    outside = ("torch.distributed is disabled, unavailable or uninitialized", UserWarning)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with checkpoint._quiet_load_warnings():
+            for message, category in [*checkpoint._LOAD_WARNINGS, *others]:
+                warnings.warn(message, category, stacklevel=1)
+        warnings.warn(*outside, stacklevel=1)  # the filter ends with the load
+    assert [(str(w.message), w.category) for w in seen] == [*others, outside]
