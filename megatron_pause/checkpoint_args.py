@@ -20,7 +20,7 @@ Settings fall into three groups:
   continuation or finetuning.
 
 ``--use-checkpoint-args`` (Megatron-LM's flag) fills every model, tokenizer and pause setting that
-the command line does not give from the checkpoint. Given flags keep their value where it may
+the command line does not give from the checkpoint (the pause fraction only when resuming). Given flags keep their value where it may
 legitimately differ (``--seq-length``, a moved ``--tokenizer-model``); a given flag that
 contradicts a must-match setting is an error rather than silently overridden.
 
@@ -163,6 +163,8 @@ def resolve_checkpoint_config(
             theirs = _value(stored, dest)
             if dest in given or theirs is _MISSING:
                 continue
+            if weights_only and dest in MUST_MATCH_ON_RESUME:
+                continue  # the data recipe of a new run, not a property of the weights
             if dest == _POSITION_TABLE and "model.seq_length" in given:
                 continue  # derived from the given --seq-length unless the table is a shape (checked below)
             section, name = dest.split(".", 1)

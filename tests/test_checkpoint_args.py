@@ -109,6 +109,20 @@ def test_use_checkpoint_args_fills_what_is_not_given(tiny_checkpoint):
     assert cfg.model.hidden_size == stored.model.hidden_size == 128
 
 
+def test_use_checkpoint_args_takes_the_pause_fraction_only_when_resuming(tiny_checkpoint, tmp_path):
+    root = str(tmp_path / "plain")
+    shutil.copytree(tiny_checkpoint, root)
+    path = os.path.join(iteration_dir(root, TRAIN_ITERS), CONFIG_FILE)
+    with open(path) as f:
+        meta = json.load(f)
+    meta["config"]["pause"]["pause_fraction"] = 0.0  # as if pretrained without pauses
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    argv = ["--mock-data", "--load", root, "--use-checkpoint-args"]
+    assert _resolve(argv).pause.pause_fraction == 0.0
+    assert _resolve([*argv, "--finetune"]).pause.pause_fraction == PretrainConfig().pause.pause_fraction
+
+
 def test_settings_that_may_change_are_allowed(tiny_checkpoint, tmp_path):
     changed = [
         "--model-size", "tiny", "--seq-length", "64", "--load", tiny_checkpoint,
