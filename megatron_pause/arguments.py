@@ -419,6 +419,23 @@ def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
         "On SIGTERM (Slurm's pre-timeout signal), save a checkpoint and exit.",
         "Ignore SIGTERM's save-and-exit.",
     )
+    g.value(
+        "--ckpt-step",
+        "checkpoint.ckpt_step",
+        int,
+        "Load this iteration from --load instead of the latest one the tracker names.",
+    )
+    g.true(
+        "--use-checkpoint-args",
+        "checkpoint.use_checkpoint_args",
+        "Take the model, tokenizer and pause settings from the configuration stored with the --load "
+        "checkpoint (flags given for them must agree with it).",
+    )
+    g.true(
+        "--override-opt-param-scheduler",
+        "checkpoint.override_opt_param_scheduler",
+        "On resume, follow the LR schedule of the flags instead of the one stored in the checkpoint.",
+    )
 
 
 def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -491,6 +508,27 @@ def parse_args(
     (unknown flags, bad values) exit with status 2 and a usage message, as Megatron-LM does.
     Layout checks are separate: see :func:`validate_config`.
     """
+    return parse_args_and_given(argv, parser)[0]
+
+
+def given_dests(namespace: dict[str, Any]) -> frozenset[str]:
+    """The ``"<section>.<field>"`` dests the command line set, from a parsed namespace: those
+    present (absent flags are absent, see the module docstring), the preset's model fields for
+    ``--model-size``, and ``model.num_query_groups`` for ``--group-query-attention``."""
+    given = {dest for dest in namespace if not dest.startswith("_")}
+    if namespace.get(_MODEL_SIZE):
+        given |= {f"model.{name}" for name in MODEL_PRESETS[namespace[_MODEL_SIZE]]}
+    if namespace.get(_GQA):
+        given.add("model.num_query_groups")
+    return frozenset(given)
+
+
+def parse_args_and_given(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> tuple[PretrainConfig, frozenset[str]]:
+    """:func:`parse_args`, plus the dests the command line set (:func:`given_dests`): what a
+    checkpoint's stored configuration may fill in and what it must agree with
+    (:mod:`megatron_pause.checkpoint_args`)."""
     parser = parser or build_parser()
     given = vars(parser.parse_args(argv))
 
@@ -510,7 +548,8 @@ def parse_args(
 
     preset = given.get(_MODEL_SIZE)
     model = model_preset(preset, **model_kw) if preset else ModelConfig(**model_kw)
-    return PretrainConfig(model=model, **{s: _SECTION_CLASSES[s](**kw) for s, kw in sections.items()})
+    cfg = PretrainConfig(model=model, **{s: _SECTION_CLASSES[s](**kw) for s, kw in sections.items()})
+    return cfg, given_dests(given)
 
 
 def _format(value: Any) -> str:
@@ -887,6 +926,10 @@ def validate_config(cfg: PretrainConfig, world_size: int) -> None:
         add("--finetune needs --load (the checkpoint whose weights to start from)")
     elif ck.finetune and not os.path.isdir(ck.load):
         add(f"--finetune --load {ck.load!r}: no such directory to take weights from")
+    if ck.ckpt_step is not None and (not ck.load or ck.ckpt_step < 0):
+        add(f"--ckpt-step ({ck.ckpt_step}) needs --load and an iteration >= 0")
+    if ck.use_checkpoint_args and not ck.load:
+        add("--use-checkpoint-args needs --load (the checkpoint whose settings to take)")
 
     if problems:
         raise ConfigError(problems)

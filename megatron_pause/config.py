@@ -160,6 +160,12 @@ class CheckpointConfig:
     # across TP/PP/DP; "dp_reshardable" only across DP (smaller, faster).
     dist_ckpt_optim_sharding: Literal["fully_reshardable", "dp_reshardable"] = "fully_reshardable"
     finetune: bool = False  # load weights only: no optimizer, scheduler or iteration
+    # Load this iteration instead of the tracker's latest (Megatron-LM's --ckpt-step).
+    ckpt_step: int | None = None
+    # Take model, tokenizer and pause settings from the checkpoint's stored configuration.
+    use_checkpoint_args: bool = False
+    # On resume, follow the flags' LR schedule instead of the one stored in the checkpoint.
+    override_opt_param_scheduler: bool = False
 
 
 @dataclass
