@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_pause import arguments
 from megatron_pause.arguments import parse_args, validate_config
 from megatron_pause.config import model_preset
 from megatron_pause.testing import free_port
@@ -144,14 +145,39 @@ sys.exit(status or next((p.returncode for p in procs if p.returncode), 0))
 """
 
 
+# The cluster's GPUs as nvidia-smi reports them (the job's TE/FP8 check reads the compute capability).
+FAKE_NVIDIA_SMI = r"""
+import os, sys
+
+assert sys.argv[1:] == ["--query-gpu=compute_cap", "--format=csv,noheader"], sys.argv
+print("\n".join([os.environ.get("FAKE_COMPUTE_CAP", "9.0")] * 8))
+"""
+
+
+def _fake_transformer_engine(root: Path, version: str) -> Path:
+    """An importable-looking ``transformer_engine`` (a package and its metadata, nothing inside):
+    what the jobs' start-up check looks for, without pretending any kernel exists."""
+    (root / "transformer_engine").mkdir(parents=True)
+    (root / "transformer_engine" / "__init__.py").write_text("")
+    info = root / f"transformer_engine-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: transformer_engine\nVersion: {version}\n")
+    return root
+
+
 def _write_exe(path: Path, source: str) -> None:
     path.write_text(f"#!{sys.executable}\n{textwrap.dedent(source)}")
     path.chmod(0o755)
 
 
 @pytest.fixture
-def slurm(tmp_path):
-    """Stand-in Slurm on PATH; returns a helper to submit a script and read what srun saw."""
+def slurm(tmp_path, monkeypatch):
+    """Stand-in Slurm on PATH; returns a helper to submit a script and read what srun saw.
+
+    The stand-in cluster has H100-class GPUs (a stand-in ``nvidia-smi``) and, unless a test
+    submits with ``te=False``, a Transformer Engine the jobs can find; this process's
+    ``validate_config`` is told the same, so the launched command line is checked as it would be
+    on the cluster."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record_dir = tmp_path / "slurm"
@@ -159,6 +185,9 @@ def slurm(tmp_path):
     _write_exe(bin_dir / "sbatch", FAKE_SBATCH)
     _write_exe(bin_dir / "scontrol", FAKE_SCONTROL)
     _write_exe(bin_dir / "srun", FAKE_SRUN)
+    _write_exe(bin_dir / "nvidia-smi", FAKE_NVIDIA_SMI)
+    te_root = _fake_transformer_engine(tmp_path / "te", "2.8.0")
+    monkeypatch.setattr(arguments, "transformer_engine_available", lambda: True)
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -175,8 +204,12 @@ def slurm(tmp_path):
         tokenizer_model = str(tokenizer)
         checkpoint_dir = str(tmp_path / "ckpt")
 
-        def env(self, **overrides: str) -> dict[str, str]:
+        te_pythonpath = str(te_root)
+
+        def env(self, te: bool = True, **overrides: str) -> dict[str, str]:
             env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+            if te:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(te_root), env.get("PYTHONPATH")]))
             env.update(
                 PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
                 FAKE_SLURM_DIR=str(record_dir),
@@ -192,10 +225,10 @@ def slurm(tmp_path):
             env.update(overrides)
             return env
 
-        def submit(self, script: str, *sbatch_opts: str, timeout: float = 60, **env: str):
+        def submit(self, script: str, *sbatch_opts: str, timeout: float = 60, te: bool = True, **env: str):
             proc = subprocess.run(
                 [str(bin_dir / "sbatch"), *sbatch_opts, str(EXAMPLES / script)],
-                env=self.env(**env),
+                env=self.env(te, **env),
                 cwd=REPO,
                 capture_output=True,
                 text=True,
@@ -281,8 +314,10 @@ def test_slurm_script_launches_the_intended_run(script, preset, nodes, slurm):
     record = slurm.srun_record()
     cfg = _launched_config(record)
 
-    assert cfg.model == model_preset(preset)
+    # The GPU fast path by default: TE layers, FP8 hybrid, FP8 attention (TE 2.8 on compute 9.0).
+    assert cfg.model == model_preset(preset, transformer_impl="transformer_engine")
     assert cfg.precision.bf16 and not cfg.precision.fp16
+    assert cfg.precision.fp8_format == "hybrid" and cfg.precision.fp8_dot_product_attention
     p = cfg.parallel
     assert p.use_distributed_optimizer and p.overlap_grad_reduce and p.overlap_param_gather
     assert (cfg.pause.pause_fraction, cfg.pause.pause_token) == (0.1, "<pause>")
@@ -324,6 +359,7 @@ def test_env_and_extra_args_override(slurm):
         MASTER_PORT="29555",
         FAKE_HOSTNAMES="gpu17 gpu18",
         EXTRA_ARGS="--model-size tiny --lr 0.5 --pause-fraction 0.2",
+        TE_FP8="0",  # the tiny preset's FFN (344) is no FP8 GEMM width
     )
     assert proc.returncode == 0, proc.stderr
     record = slurm.srun_record()
@@ -345,6 +381,7 @@ def test_empty_variables_leave_flags_out(slurm):
         PRECISION_ARGS="",
         OPTIMIZER_SHARDING_ARGS="",
         EXTRA_ARGS="--mock-data",
+        TE_FP8="0",  # FP8 needs --bf16: no precision flags means no fast path either
     )
     assert proc.returncode == 0, proc.stderr
     cfg = _launched_config(slurm.srun_record())
@@ -426,6 +463,84 @@ def test_time_limit_signal_saves_and_requeues(slurm, restarts, requeued):
         assert slurm.requeues() == ["requeue 4242"]
     else:
         assert slurm.requeues() == [] and "not requeueing" in err
+
+
+# ------------------------------------------------------------------------------------------
+# The GPU fast path (Transformer Engine + FP8) and its one switch, TE_FP8
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script, preset", [("pretrain_pause_1b.sh", "1b"), ("pretrain_pause_130m.sh", "130m")]
+)
+def test_switch_goes_back_to_local_bf16(script, preset, slurm, monkeypatch):
+    """TE_FP8=0 removes the TE spec and every FP8 flag and keeps bf16; it needs no Transformer
+    Engine, so the job's check is skipped."""
+    proc = slurm.submit(script, te=False, TE_FP8="0")
+    assert proc.returncode == 0, proc.stderr
+    command = slurm.srun_record()["command"]
+    assert "--transformer-impl" not in command and not any(a.startswith("--fp8") for a in command)
+    cfg = _launched_config(slurm.srun_record())
+    assert cfg.model == model_preset(preset)  # local layers
+    assert (
+        cfg.precision.bf16
+        and cfg.precision.fp8_format is None
+        and not cfg.precision.fp8_dot_product_attention
+    )
+    monkeypatch.setattr(arguments, "transformer_engine_available", lambda: False)  # a cluster without TE
+    validate_config(cfg, 8 * int(slurm.sbatch_record()["header"]["nodes"]))
+
+
+@pytest.mark.parametrize("script", SLURM_SCRIPTS)
+def test_job_without_transformer_engine_stops_before_launch(script, slurm):
+    proc = slurm.submit(script, te=False)
+    assert proc.returncode == 1
+    assert "transformer_engine is not importable" in proc.stderr and "TE_FP8=0" in proc.stderr
+    assert "stopping before launch" in proc.stderr
+    assert not (slurm.dir / "srun.json").exists()  # no training step was started
+
+
+def test_job_on_gpus_without_fp8_stops_before_launch(slurm):
+    proc = slurm.submit("pretrain_pause_1b.sh", FAKE_COMPUTE_CAP="8.0")  # A100
+    assert proc.returncode == 1
+    assert "compute capability is 8.0" in proc.stderr and "TE_FP8=0" in proc.stderr
+    assert not (slurm.dir / "srun.json").exists()
+
+
+@pytest.mark.parametrize(
+    "te_version, capability, dpa",
+    [("2.8.0", "9.0", True), ("2.8.0", "8.9", False), ("1.5.0", "9.0", False), ("1.6.0", "10.0", True)],
+)
+def test_fp8_attention_only_where_te_and_gpu_support_it(slurm, tmp_path, te_version, capability, dpa):
+    te_root = _fake_transformer_engine(tmp_path / f"te-{te_version}", te_version)
+    proc = slurm.submit(
+        "pretrain_pause_130m.sh",
+        te=False,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(te_root), os.environ.get("PYTHONPATH")])),
+        FAKE_COMPUTE_CAP=capability,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cfg = _launched_config(slurm.srun_record())
+    assert cfg.model.transformer_impl == "transformer_engine" and cfg.precision.fp8_format == "hybrid"
+    assert cfg.precision.fp8_dot_product_attention is dpa
+    assert f"Transformer Engine {te_version}" in proc.stderr
+    assert ("FP8 dot-product attention on" if dpa else "FP8 dot-product attention off") in proc.stderr
+
+
+def test_fast_path_check_runs_in_the_container(slurm):
+    """With CONTAINER_IMAGE the check runs as a one-task step inside the image (where TE lives),
+    not in the batch shell's Python."""
+    proc = slurm.submit("pretrain_pause_1b.sh", te=False, CONTAINER_IMAGE="/images/megatron_pause.sqsh")
+    # The stand-in srun records and prints nothing, so the check "passes" with no flags; what
+    # matters is that the batch shell did not run it itself (it has no TE: it would have failed).
+    assert proc.returncode == 0, proc.stderr
+    assert "transformer_engine is not importable" not in proc.stderr
+
+
+def test_bad_switch_value_is_rejected(slurm):
+    proc = slurm.submit("pretrain_pause_1b.sh", TE_FP8="yes")
+    assert proc.returncode == 1 and "TE_FP8 must be 1" in proc.stderr
+    assert not (slurm.dir / "srun.json").exists()
 
 
 # ------------------------------------------------------------------------------------------
@@ -562,12 +677,14 @@ def test_1b_script_trains_tiny_on_cpu_and_resumes(slurm, tmp_path):
         TENSORBOARD_DIR="",
         METRICS_FILE=str(metrics),
         CUDA_VISIBLE_DEVICES="",
+        TE_FP8="0",  # CPU: local layers
     )
     first = slurm.submit(
         "pretrain_pause_1b.sh",
         "--nodes=1",
         "--ntasks-per-node=2",
         timeout=600,
+        te=False,
         EXTRA_ARGS=f"{tiny} --train-iters 2",
         **env,
     )
@@ -583,6 +700,7 @@ def test_1b_script_trains_tiny_on_cpu_and_resumes(slurm, tmp_path):
         "--nodes=1",
         "--ntasks-per-node=2",
         timeout=600,
+        te=False,
         EXTRA_ARGS=f"{tiny} --train-iters 4",
         **env,
     )
