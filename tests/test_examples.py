@@ -894,3 +894,113 @@ def test_bench_without_cuda_says_so():
     if proc.returncode != 2:
         pytest.skip("a CUDA device is present")
     assert "no CUDA device" in proc.stderr
+
+
+def test_bench_reads_the_fusions_line(bench):
+    log = "loading\nmegatron_pause: fusions on: bias-activation, rope; off: cross-entropy (needs CUDA)\nstep 1\n"
+    assert bench.fusions_line(log) == "bias-activation, rope"
+    assert bench.fusions_line("no such line") is None
+
+
+def test_bench_peak_memory_from_nvidia_smi(bench, tmp_path, monkeypatch):
+    """Peak = the highest reading during the run minus the reading before it; no nvidia-smi, no number."""
+    counter = tmp_path / "calls"
+    _write_exe(
+        tmp_path / "nvidia-smi",
+        f"""
+        import sys
+        from pathlib import Path
+        assert "--query-gpu=memory.used" in sys.argv, sys.argv
+        path = Path({str(counter)!r})
+        n = len(path.read_text().splitlines()) if path.exists() else 0
+        with path.open("a") as f:
+            f.write("call\\n")
+        print(1024 if n == 0 else 1024 + 512 * min(n, 4))  # MiB: baseline 1 GiB, then up to 3 GiB
+        """,
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with bench.PeakMemory(interval_s=0.01) as memory:
+        deadline = time.monotonic() + 20
+        while len(counter.read_text().splitlines()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert memory.gib() == 2.0
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with bench.PeakMemory() as memory:
+        pass
+    assert memory.gib() is None
+
+
+@pytest.fixture
+def gpu_check(bench):
+    import gpu_check
+
+    return gpu_check
+
+
+def test_gpu_check_without_cuda_says_so(gpu_check, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert gpu_check.main(["--skip-tests"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_check_runs_what_this_machine_has(gpu_check, bench, monkeypatch, capsys, tmp_path):
+    """Orchestration on a stubbed H200 without Transformer Engine: both presets run local-bf16,
+    the TE rows say why they are missing, and the table and targets are printed. (The runs
+    themselves are stubbed: this checks the script, not a kernel.)"""
+    import torch
+
+    from megatron_pause.models import fusions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stub H200")
+    monkeypatch.setattr(fusions, "transformer_engine_version", lambda: None)
+    launched = []
+
+    def fake_run(name, args, workdir, extra_pythonpath):
+        launched.append((args.model_size, name, args.iters, args.micro_batch_size))
+        return bench.Result(
+            config=name, ok=True, iterations=args.iters, measured_iterations=args.iters - args.warmup,
+            tokens_per_sec=1e5, step_time_s=0.5, mfu=0.4, final_lm_loss=6.5, peak_memory_gib=12.0,
+            fusions="bias-activation, bias-dropout-add, cross-entropy", wall_s=30.0,
+        )  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_config", fake_run)
+    out_json = tmp_path / "check.json"
+    assert gpu_check.main(["--skip-tests", "--workdir", str(tmp_path), "--output", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert launched == [("130m", "local-bf16", 30, 8), ("1b", "local-bf16", 20, 4)]
+    assert "Transformer Engine is not importable here" in out
+    assert re.search(r"1b\s+local-bf16\s+100,000\s+40.0%\s+12.0\s+6.5000@20", out), out
+    assert re.search(r"1b\s+te-fp8 .*not run: Transformer Engine is not importable", out), out
+    assert "1B TE-bf16 MFU >= 45%: not measured" in out
+    report = json.loads(out_json.read_text())
+    assert report["environment"]["transformer_engine"] is None and len(report["rows"]) == 6
+
+
+def test_gpu_check_targets(gpu_check):
+    def row(preset, config, tps, mfu, loss=6.0):
+        return dict(
+            preset=preset, config=config, ok=True, tokens_per_sec=tps, mfu=mfu, final_lm_loss=loss,
+            iterations=20, peak_memory_gib=None, wall_s=60.0, fusions=None,
+        )  # fmt: skip
+
+    rows = [
+        row("1b", "local-bf16", 4e4, 0.35, 6.01),
+        row("1b", "te-bf16", 5e4, 0.47, 6.0),
+        row("1b", "te-fp8", 6e4, 0.28, 6.02),
+        row("130m", "te-bf16", 1e5, 0.3),
+        row("130m", "te-fp8", 1.4e5, 0.21),
+    ]
+    lines = gpu_check.check_targets(rows)
+    assert "1B TE-bf16 MFU >= 45%: PASS (47.0%)" in lines
+    assert "1b TE-FP8 >= 1.3x TE-bf16 tokens/s: FAIL (1.20x)" in lines
+    assert "130m TE-FP8 >= 1.3x TE-bf16 tokens/s: PASS (1.40x)" in lines
+    assert any(
+        line.startswith("1b loss after the last step, spread across configurations: 0.0200") for line in lines
+    )
+    table = gpu_check.format_table(rows[:1] + [dict(preset="1b", config="te-fp8", skipped="not run: no TE")])
+    assert "not run: no TE" in table and "40,000" in table
