@@ -6,8 +6,8 @@ to know which kernels exist; a flag set where its kernel is missing fails deep i
 
 * ``bias_activation_fusion`` (``fusions/fused_bias_swiglu.py``, ``fused_bias_gelu.py``) and
   ``bias_dropout_fusion`` (``fused_bias_dropout.py``) and the native ``cross_entropy_loss_fusion``
-  (``fused_cross_entropy.py``) are ``jit_fuser`` functions, i.e. ``torch.compile``: CUDA and
-  Triton. (They would compile on CPU too, but slowly and for no gain, and the CPU suite's
+  (``fused_cross_entropy.py``) are ``jit_fuser`` functions, i.e. ``torch.compile``: CUDA,
+  Triton and a C compiler (Triton builds its launcher at run time). (They would compile on CPU too, but slowly and for no gain, and the CPU suite's
   parity tests compare against the eager path.) Bias + GELU is only fused together with a bias:
   ``TransformerConfig`` rejects it for GELU without ``--add-bias-linear``. The fused
   cross-entropy's backward returns a bf16 logits gradient whatever the dtype, so it is used in
@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,9 @@ class KernelAvailability:
     """What the running machine offers. Built by :func:`detect`, or by hand in tests."""
 
     cuda: bool = False
-    triton: bool = False  # torch.compile's GPU backend, behind megatron's jit_fuser
+    # torch.compile's GPU backend, behind megatron's jit_fuser: Triton, plus a C compiler that
+    # Triton builds its kernel launcher with at run time.
+    triton: bool = False
     transformer_engine: str | None = None  # TE version ("unknown" if unreadable); None = absent
     apex_gradient_accumulation: bool = False  # fused_weight_gradient_mlp_cuda
 
@@ -97,7 +100,7 @@ def detect() -> KernelAvailability:
     cuda = torch.cuda.is_available()
     return KernelAvailability(
         cuda=cuda,
-        triton=cuda and _importable("triton"),
+        triton=cuda and _importable("triton") and _c_compiler_available(),
         transformer_engine=transformer_engine_version(),
         apex_gradient_accumulation=cuda and _importable("fused_weight_gradient_mlp_cuda"),
     )
@@ -300,8 +303,13 @@ def _needs_compiled_kernel(available: KernelAvailability) -> str | None:
     if not available.cuda:
         return "needs CUDA"
     if not available.triton:
-        return "needs Triton for torch.compile"
+        return "needs Triton and a C compiler for torch.compile"
     return None
+
+
+def _c_compiler_available() -> bool:
+    cc = os.environ.get("CC")
+    return bool(cc and shutil.which(cc.split()[0])) or any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 
 
 def _importable(name: str) -> bool:

@@ -122,9 +122,6 @@ def test_fusions_follow_this_machine():
     print(fusions.describe(decisions))
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="no Triton: torch.compile fusions are off"
-)
 def test_fused_cross_entropy_matches_unfused_on_cuda(process_group):
     """The compiled fused cross-entropy against the unfused one, through the pause-masked loss."""
     from megatron_pause.loss import PauseMaskedLoss
@@ -137,7 +134,8 @@ def test_fused_cross_entropy_matches_unfused_on_cuda(process_group):
         PrecisionConfig(bf16=True),
         fusion=FusionConfig(gradient_accumulation_fusion=False),
     )
-    assert tcfg.cross_entropy_loss_fusion
+    if not tcfg.cross_entropy_loss_fusion:
+        pytest.skip("no Triton or no C compiler here: the torch.compile fusions are off")
     (model,) = build_model_chunks(model_cfg, tcfg, PADDED_VOCAB)
     generator = torch.Generator(device="cpu").manual_seed(0)
     seq, pause_id = model_cfg.seq_length, PADDED_VOCAB - 1
