@@ -3,7 +3,7 @@
 #
 #   sbatch examples/pretrain_pause_1b.sh                        # from the repository root
 #   DATA_PATH=/lustre/c4/c4_en_train_text_document sbatch --nodes=4 examples/pretrain_pause_1b.sh
-#   TE_FP8=0 sbatch examples/pretrain_pause_1b.sh             # local layers, plain bf16 (no TE/FP8)
+#   TE_FP8=0 sbatch examples/pretrain_pause_1b.sh               # local layers, plain bf16 (no TE/FP8)
 #
 # Every variable in the "paths" and "layout" blocks below can be overridden from the environment
 # at submission (sbatch exports the submitting shell's environment). EXTRA_ARGS is appended last,
