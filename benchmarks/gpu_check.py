@@ -189,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown --presets {unknown}; choose from {', '.join(PLAN)}")
 
     extra_pythonpath: list[str] = []
-    how = bench_gpu.ensure_megatron_core(extra_pythonpath)
+    try:
+        how = bench_gpu.ensure_megatron_core(extra_pythonpath)
+    except ImportError as e:  # e.g. a dependency of megatron-core (numpy, packaging) is missing
+        print(f"gpu_check: megatron.core cannot be imported here: {e}", file=sys.stderr)
+        return 2
     import torch
 
     if not torch.cuda.is_available():
