@@ -167,6 +167,45 @@ def test_fused_cross_entropy_matches_unfused_on_cuda(process_group):
         assert (fused_grads[name] - grad).abs().max().item() <= 2e-2 * scale + 1e-8, name
 
 
+@pytest.mark.skipif(not HAVE_TE, reason="Transformer Engine is not installed")
+def test_pause_rows_and_masked_loss_under_the_te_spec(process_group):
+    """The pause row lives in the same two tables under the TE spec (embedding, output layer),
+    and the pause-masked loss drops pause targets there as under the local spec."""
+    from megatron_pause.loss import PauseMaskedLoss
+    from megatron_pause.models.gpt import build_model_chunks, transformer_config
+    from megatron_pause.models.pause_vocab import gather_pause_rows, init_pause_rows, pause_weight_tables
+
+    model_cfg = model_preset("tiny", transformer_impl="transformer_engine", ffn_hidden_size=352)
+    tcfg = transformer_config(
+        model_cfg,
+        ParallelConfig(),
+        PrecisionConfig(bf16=True),
+        fusion=FusionConfig(gradient_accumulation_fusion=False),
+    )
+    chunks = build_model_chunks(model_cfg, tcfg, PADDED_VOCAB)
+    base_vocab, pause_id = 1000, 1000
+    assert init_pause_rows(chunks, pause_id, base_vocab) == 2  # embedding and output layer
+    for table, row in zip(pause_weight_tables(chunks), gather_pause_rows(chunks, pause_id)):
+        expected = table[:base_vocab].float().mean(0)
+        # bf16 rows (~6e-4 here): a random row (std 0.02) would be far outside this.
+        torch.testing.assert_close(row, expected, rtol=1e-2, atol=1e-4)
+    (model,) = chunks
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    seq = model_cfg.seq_length
+    tokens = torch.randint(0, base_vocab, (2, seq + 1), generator=generator)
+    tokens[torch.rand(tokens.shape, generator=generator) < 0.2] = pause_id
+    tokens = tokens.cuda()
+    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    positions = torch.arange(seq, device="cuda").unsqueeze(0).expand(2, -1)
+    per_token = model(inputs, positions, None, labels=labels)
+    loss_sum, num_tokens, report = PauseMaskedLoss(pause_id)(
+        torch.ones_like(labels, dtype=torch.float), labels, per_token
+    )
+    loss_sum.backward()
+    assert int(num_tokens) == int((labels != pause_id).sum()) < labels.numel()
+    assert torch.isfinite(loss_sum) and report["pause targets"].item() == (labels == pause_id).sum().item()
+
+
 def test_pretrain_entry_point_on_one_gpu(tmp_path):
     """The Slurm scripts' precision and optimizer flags over NCCL, through the real entry point."""
     metrics = tmp_path / "metrics.jsonl"
