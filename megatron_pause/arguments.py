@@ -130,6 +130,10 @@ class _Builder:
     def true(self, flag: str, dest: str, help: str) -> None:
         self.group.add_argument(flag, dest=dest, action="store_true", help=_help(help, dest, False))
 
+    def false(self, flag: str, dest: str, help: str) -> None:
+        """A Megatron-LM style ``--no-...`` switch: stores False into a field that defaults to True."""
+        self.group.add_argument(flag, dest=dest, action="store_const", const=False, help=help)
+
     def pair(self, true_flag: str, false_flag: str, dest: str, help_true: str, help_false: str) -> None:
         """Two flags storing True / False into one boolean field; the last one given wins."""
         default = _field_default(dest)
@@ -456,7 +460,46 @@ def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# Flag groups by config section, in --help order. Entry points compose the groups they need
+def _add_fusion_flags(parser: argparse.ArgumentParser) -> None:
+    g = _Builder(
+        parser.add_argument_group(
+            "kernel fusions",
+            "Each of megatron-core's fusions is on wherever its kernel is available (CUDA, plus "
+            "Transformer Engine or apex where it needs them) and off elsewhere; the start-up log lists "
+            "which are on. These flags (Megatron-LM's names) force one off.",
+        )
+    )
+    g.false("--no-bias-swiglu-fusion", "fusion.bias_swiglu_fusion", "Unfused bias + SwiGLU in the MLP.")
+    g.false("--no-bias-gelu-fusion", "fusion.bias_gelu_fusion", "Unfused bias + GELU in the MLP.")
+    g.false(
+        "--no-bias-dropout-fusion", "fusion.bias_dropout_fusion", "Unfused bias + dropout + residual add."
+    )
+    g.false(
+        "--no-masked-softmax-fusion",
+        "fusion.masked_softmax_fusion",
+        "No fused scale-mask-softmax (megatron's own attention core only).",
+    )
+    g.false("--no-rope-fusion", "fusion.apply_rope_fusion", "Unfused rotary position embedding (TE kernel).")
+    g.false(
+        "--no-gradient-accumulation-fusion",
+        "fusion.gradient_accumulation_fusion",
+        "Weight gradients not accumulated inside the GEMM (apex fused_weight_gradient_mlp_cuda).",
+    )
+    g.false(
+        "--no-persist-layer-norm",
+        "fusion.persist_layer_norm",
+        "No persistent apex LayerNorm kernel (megatron's FusedLayerNorm only).",
+    )
+    g.pair(
+        "--cross-entropy-loss-fusion",
+        "--no-cross-entropy-loss-fusion",
+        "fusion.cross_entropy_loss_fusion",
+        "Fused vocab-parallel cross-entropy where CUDA is present (Megatron-LM flag).",
+        "Unfused cross-entropy.",
+    )
+
+
+# Flag groups by config section, in --help order.# Flag groups by config section, in --help order. Entry points compose the groups they need
 # (finetuning, generation and evaluation reuse these) instead of redefining flags.
 FLAG_GROUPS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "model": _add_model_flags,
@@ -469,6 +512,7 @@ FLAG_GROUPS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "training": _add_training_flags,
     "checkpoint": _add_checkpoint_flags,
     "logging": _add_logging_flags,
+    "fusion": _add_fusion_flags,
 }
 
 

@@ -178,6 +178,25 @@ class LoggingConfig:
 
 
 @dataclass
+class FusionConfig:
+    """Which of megatron-core's fused kernels a run may use. ``True`` means "on wherever its
+    kernel is available on the running machine" (CUDA, plus Transformer Engine or apex where the
+    fusion needs them); ``False`` forces it off. The decision itself is made in one place,
+    :mod:`megatron_pause.models.fusions`, and logged at start-up. Field names are
+    megatron-core's ``TransformerConfig`` names (bias-activation split into its SwiGLU and GELU
+    halves, as Megatron-LM's flags are)."""
+
+    bias_swiglu_fusion: bool = True
+    bias_gelu_fusion: bool = True
+    bias_dropout_fusion: bool = True
+    masked_softmax_fusion: bool = True
+    apply_rope_fusion: bool = True
+    gradient_accumulation_fusion: bool = True
+    persist_layer_norm: bool = True
+    cross_entropy_loss_fusion: bool = True
+
+
+@dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -189,6 +208,7 @@ class PretrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

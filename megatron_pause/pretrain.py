@@ -40,6 +40,7 @@ def run(cfg: PretrainConfig):
     from megatron_pause.checkpoint_args import check_tokenizer, vocab_record
     from megatron_pause.distributed import destroy_distributed, init_distributed
     from megatron_pause.loss import PauseMaskedLoss
+    from megatron_pause.models import fusions
     from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.models.pause_vocab import init_pause_rows
     from megatron_pause.training import checkpoint
@@ -70,7 +71,11 @@ def run(cfg: PretrainConfig):
             f"pause fraction {cfg.pause.pause_fraction}"
         )
 
-        tcfg = transformer_config(cfg.model, cfg.parallel, cfg.precision, cfg.training)
+        available = fusions.detect()
+        log.info(
+            f"megatron_pause: {fusions.describe(fusions.decide(cfg.fusion, cfg.model, cfg.precision, available))}"
+        )
+        tcfg = transformer_config(cfg.model, cfg.parallel, cfg.precision, cfg.training, cfg.fusion, available)
         chunks = build_model_chunks(cfg.model, tcfg, padded_vocab)
         init_pause_rows(
             chunks,

@@ -46,7 +46,8 @@ from megatron.core.transformer.transformer_block import (
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_pause import platform
-from megatron_pause.config import ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
+from megatron_pause.config import FusionConfig, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
+from megatron_pause.models import fusions
 from megatron_pause.models.attention import SDPAttention
 from megatron_pause.models.norm import Norm
 
@@ -71,10 +72,15 @@ def transformer_config(
     parallel: ParallelConfig,
     precision: PrecisionConfig | None = None,
     training: TrainingConfig | None = None,
+    fusion: FusionConfig | None = None,
+    available: fusions.KernelAvailability | None = None,
 ) -> TransformerConfig:
-    """Map our configs onto megatron-core's TransformerConfig (the only place that does)."""
+    """Map our configs onto megatron-core's TransformerConfig (the only place that does).
+
+    ``available`` (default: this machine, :func:`fusions.detect`) decides which fusions are on."""
     precision = precision or PrecisionConfig()
     training = training or TrainingConfig()
+    available = available or fusions.detect()
     on_cpu = not platform.cuda_available()
     dtype = _DTYPES[precision.params_dtype_name]
     vpp = parallel.virtual_pipeline_size(model.num_layers)
@@ -99,14 +105,10 @@ def transformer_config(
         activation_func=F.silu if model.swiglu else F.gelu,
         add_bias_linear=model.add_bias_linear,
         init_method_std=model.init_method_std,
-        # Fusions need CUDA kernels (apex/TE); the unfused paths are exact.
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
-        cross_entropy_loss_fusion=False,
+        # Each fusion is on where its kernel exists here (models/fusions.py decides).
+        **fusions.transformer_config_kwargs(
+            fusions.decide(fusion or FusionConfig(), model, precision, available)
+        ),
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp,
