@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_args = bench_gpu.build_parser().parse_args(
                 ["--model-size", preset, *PLAN[preset], "--timeout", str(int(left))]
             )
+            (workdir / preset).mkdir(parents=True, exist_ok=True)
             result = bench_gpu.run_config(config, bench_args, workdir / preset, extra_pythonpath)
             rows.append(dict(preset=preset, **asdict(result)))
         rows += [dict(preset=preset, config=c, skipped=f"not run: {why}") for c, why in skipped.items()]

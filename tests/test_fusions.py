@@ -56,21 +56,34 @@ def test_cuda_absent_turns_everything_off():
         assert decisions[name].why.startswith("unused")
 
 
+BIASED = ModelConfig(add_bias_linear=True)
+
+
+def test_bias_fusions_only_with_a_bias():
+    # Without linear biases the two "bias" kernels were measured slower than unfused on an H200.
+    for available in (CUDA_ONLY, CUDA_TE):
+        decisions = decide(FusionConfig(), ModelConfig(), available)
+        for name in ("bias_activation_fusion", "bias_dropout_fusion"):
+            assert not decisions[name].on and "no linear biases" in decisions[name].why
+            assert decide(FusionConfig(), BIASED, available)[name].on
+        assert decisions["cross_entropy_loss_fusion"].on
+
+
 def test_cuda_without_te_or_apex():
-    decisions = decide(FusionConfig(), ModelConfig(), CUDA_ONLY)
+    decisions = decide(FusionConfig(), BIASED, CUDA_ONLY)
     assert _on(decisions) == set(COMPILED)
     assert "Transformer Engine" in decisions["apply_rope_fusion"].why
     assert "fused_weight_gradient_mlp_cuda" in decisions["gradient_accumulation_fusion"].why
     # CUDA without Triton: torch.compile has no GPU backend.
-    no_triton = decide(FusionConfig(), ModelConfig(), dataclasses.replace(CUDA_ONLY, triton=False))
+    no_triton = decide(FusionConfig(), BIASED, dataclasses.replace(CUDA_ONLY, triton=False))
     assert _on(no_triton) == set() and "Triton" in no_triton["bias_dropout_fusion"].why
 
 
 def test_cuda_with_te():
-    decisions = decide(FusionConfig(), ModelConfig(), CUDA_TE)
+    decisions = decide(FusionConfig(), BIASED, CUDA_TE)
     assert _on(decisions) == {*COMPILED, "apply_rope_fusion"}
     assert not decisions["gradient_accumulation_fusion"].on  # the output layer still needs apex
-    assert _on(decide(FusionConfig(), ModelConfig(), CUDA_TE_APEX)) == {
+    assert _on(decide(FusionConfig(), BIASED, CUDA_TE_APEX)) == {
         *COMPILED,
         "apply_rope_fusion",
         "gradient_accumulation_fusion",
@@ -138,7 +151,7 @@ def test_transformer_config_follows_the_decision(monkeypatch):
 
     from megatron_pause.models.gpt import transformer_config
 
-    model = pw.tiny_model()
+    model = pw.tiny_model(add_bias_linear=True)
     cpu = transformer_config(model, ParallelConfig(), BF16, available=CPU)
     assert not any(getattr(cpu, name) for name in fusions.FUSIONS)
     # TransformerConfig checks that TE's fused RoPE function exists: stub it as present.
@@ -170,7 +183,7 @@ def test_default_transformer_config_detects_this_machine():
 
 
 def test_start_up_line_lists_what_is_on():
-    line = fusions.describe(decide(FusionConfig(), ModelConfig(), CUDA_TE))
+    line = fusions.describe(decide(FusionConfig(), BIASED, CUDA_TE))
     on, off = line.split("; off: ")
     assert on == "fusions on: bias-activation, bias-dropout-add, rope, cross-entropy"
     assert "gradient-accumulation (needs apex's fused_weight_gradient_mlp_cuda)" in off

@@ -126,9 +126,14 @@ def decide(
             return FusionDecision(False, missing)
         return FusionDecision(True, uses)
 
+    # Measured on one H200 (130M preset, local spec, bf16, no linear biases): with the bias +
+    # SwiGLU and bias-dropout-add kernels 150k tokens/s, without them 221k (cross-entropy fused in
+    # both). Without a bias they fuse only the activation and the residual add, and the compiled
+    # versions lost; so they are used only when there is a bias to fuse.
+    no_bias = None if model.add_bias_linear else "no linear biases: measured slower than unfused on H200"
     if model.swiglu:
         activation_flag = None if wanted.bias_swiglu_fusion else "--no-bias-swiglu-fusion"
-        activation_missing = compiled
+        activation_missing = compiled or no_bias
     else:
         activation_flag = None if wanted.bias_gelu_fusion else "--no-bias-gelu-fusion"
         activation_missing = compiled or (
@@ -158,7 +163,9 @@ def decide(
             "torch.compile (SwiGLU)" if model.swiglu else "torch.compile (GELU)",
         ),
         "bias_dropout_fusion": decision(
-            None if wanted.bias_dropout_fusion else "--no-bias-dropout-fusion", compiled, "torch.compile"
+            None if wanted.bias_dropout_fusion else "--no-bias-dropout-fusion",
+            compiled or no_bias,
+            "torch.compile",
         ),
         "apply_rope_fusion": decision(
             None if wanted.apply_rope_fusion else "--no-rope-fusion", rope_missing, "Transformer Engine"

@@ -113,9 +113,12 @@ def test_fusions_follow_this_machine():
     assert available.cuda
     bf16 = PrecisionConfig(bf16=True)
     decisions = fusions.decide(FusionConfig(), ModelConfig(), bf16, available)
+    biased = fusions.decide(FusionConfig(), ModelConfig(add_bias_linear=True), bf16, available)
     compiled = importlib.util.find_spec("triton") is not None
-    for name in ("bias_activation_fusion", "bias_dropout_fusion", "cross_entropy_loss_fusion"):
-        assert decisions[name].on == compiled, (name, decisions[name])
+    assert decisions["cross_entropy_loss_fusion"].on == compiled
+    for name in ("bias_activation_fusion", "bias_dropout_fusion"):
+        assert biased[name].on == compiled, (name, biased[name])
+        assert not decisions[name].on  # no linear biases: measured slower fused
     assert decisions["apply_rope_fusion"].on == HAVE_TE
     tcfg = transformer_config(model_preset("tiny"), ParallelConfig(), bf16)
     assert {n: getattr(tcfg, n) for n in fusions.FUSIONS} == {n: d.on for n, d in decisions.items()}
