@@ -17,6 +17,7 @@ never sees a pause.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -89,8 +90,14 @@ def validate_finetune_config(cfg: FinetuneConfig, world_size: int) -> None:
     from megatron_pause.data.sft import parse_weighted_paths
 
     problems: list[str] = []
+    checked = cfg
+    if cfg.finetune.train_epochs is not None:
+        # --train-iters is resolved from the epochs once the examples are read; its checks
+        # (warmup within the run) are repeated then.
+        checked = copy.deepcopy(cfg)
+        checked.training.train_iters = max(cfg.training.train_iters, cfg.optimizer.lr_warmup_iters)
     try:
-        validate_config(cfg, world_size, needs_data_path=False)
+        validate_config(checked, world_size, needs_data_path=False)
     except ConfigError as e:
         problems.extend(e.problems)
     f, tr = cfg.finetune, cfg.training
@@ -199,6 +206,12 @@ def build_finetune_data(cfg: FinetuneConfig, tokenizer, log):
         if f.train_epochs is not None:
             samples = train.samples_in_epochs(f.train_epochs)
             t.train_iters = math.ceil(samples / t.global_batch_size)
+            decay = cfg.optimizer.lr_decay_iters or t.train_iters
+            if cfg.optimizer.lr_warmup_iters > decay:
+                raise ConfigError(
+                    [f"--lr-warmup-iters ({cfg.optimizer.lr_warmup_iters}) exceeds the {decay} iterations of "
+                     f"--train-epochs {f.train_epochs} ({samples:,d} samples / --global-batch-size {t.global_batch_size})"]
+                )  # fmt: skip
             log.info(
                 f"--train-epochs {f.train_epochs}: {samples:,d} samples = {t.train_iters} iterations of "
                 f"{t.global_batch_size}"
@@ -232,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         run_training(cfg, build_finetune_data)
-    except TooManyRejects as e:
+    except (TooManyRejects, ConfigError) as e:
         print(f"megatron_pause: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
