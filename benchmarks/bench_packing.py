@@ -37,7 +37,10 @@ def _examples(n: int, seed: int):
 
     rng = np.random.default_rng(seed)
     return [
-        Example(rng.integers(10, 8000, int(rng.integers(150, 401))), rng.integers(10, 8000, int(rng.integers(2, 21))))
+        Example(
+            rng.integers(10, 8000, int(rng.integers(150, 401))),
+            rng.integers(10, 8000, int(rng.integers(2, 21))),
+        )
         for _ in range(n)
     ]
 
