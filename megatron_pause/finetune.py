@@ -75,7 +75,7 @@ def build_finetune_parser() -> argparse.ArgumentParser:
 def parse_finetune_args(argv: Sequence[str] | None = None) -> FinetuneConfig:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_finetune_parser()
-    if "--pause-fraction" in argv:
+    if any(a == "--pause-fraction" or a.startswith("--pause-fraction=") for a in argv):
         parser.error(
             "--pause-fraction is for pretraining; finetuning places --finetune-pauses after each prompt"
         )
@@ -151,9 +151,10 @@ def _load_split(cfg: FinetuneConfig, tokenizer, tokens: list[str], flag: str, re
     f = cfg.finetune
     sources = []
     for weight, files in parse_weighted_paths(tokens, flag):
-        texts = read_examples(files, f.prompt_key, f.answer_key, rejects)
+        origins: list[tuple[str, int]] = []
+        texts = read_examples(files, f.prompt_key, f.answer_key, rejects, origins)
         examples = tokenize_examples(
-            tokenizer, texts, f.finetune_pauses, cfg.model.seq_length, rejects, source=" ".join(files)
+            tokenizer, texts, f.finetune_pauses, cfg.model.seq_length, rejects, origins
         )
         sources.append((weight, examples))
     return sources
@@ -176,6 +177,7 @@ def build_finetune_data(cfg: FinetuneConfig, tokenizer, log):
     )  # fmt: skip
     splits = {}
     entries = []
+    checks = []  # (rejects, accepted, what): checked once the rejects file is written
     for name, tokens, flag in (
         ("train", [] if t.skip_train else f.train_data_path, "--train-data-path"),
         ("valid", f.valid_data_path if t.eval_iters > 0 else [], "--valid-data-path"),
@@ -188,9 +190,7 @@ def build_finetune_data(cfg: FinetuneConfig, tokenizer, log):
         accepted = sum(len(exs) for _, exs in sources)
         log.info(f"{name} examples: {accepted:,d} used, {rejects.rejected:,d} rejected ({rejects.summary()})")
         entries.extend({"split": name, **e} for e in rejects.entries)
-        check_reject_fraction(rejects, accepted, f.max_bad_fraction, f"{flag} {' '.join(tokens)}")
-        if accepted == 0:
-            raise TooManyRejects(f"{flag} {' '.join(tokens)}: no usable examples ({rejects.summary()})")
+        checks.append((rejects, accepted, f"{flag} {' '.join(tokens)}"))
         splits[name] = sources
     if entries:
         path = _rejects_path(cfg)
@@ -199,6 +199,10 @@ def build_finetune_data(cfg: FinetuneConfig, tokenizer, log):
             log_.entries = entries
             log_.write(path)
         log.info(f"skipped or truncated examples are listed in {path}")
+    for rejects, accepted, what in checks:
+        check_reject_fraction(rejects, accepted, f.max_bad_fraction, what)
+        if accepted == 0:
+            raise TooManyRejects(f"{what}: no usable examples ({rejects.summary()})")
 
     train = valid = None
     if splits["train"] is not None:

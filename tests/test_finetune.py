@@ -179,8 +179,10 @@ def test_bad_examples_are_listed_and_too_many_stop_the_run(tmp_path, capfd):
     assert "4 used, 3 rejected" in out and str(rejects) in out
     listed = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert sorted(e["reason"] for e in listed) == ["malformed_json", "missing_key", "not_a_string"]
+    rejects.unlink()
     assert run_distributed(_main, 1, "finetune", [*argv, "--max-bad-fraction", "0.25"], timeout=300) == [2]
     assert "--max-bad-fraction 0.25" in capfd.readouterr().err
+    assert len(rejects.read_text().splitlines()) == 3  # listed before the run stops
 
 
 def test_contradictory_finetuning_flags_are_rejected_before_any_process_group(tmp_path):

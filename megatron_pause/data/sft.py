@@ -120,9 +120,14 @@ def parse_weighted_paths(tokens: Sequence[str], flag: str) -> list[tuple[float |
 
 
 def read_examples(
-    files: Sequence[str], prompt_key: str, answer_key: str, rejects: RejectLog
+    files: Sequence[str],
+    prompt_key: str,
+    answer_key: str,
+    rejects: RejectLog,
+    origins: list[tuple[str, int]] | None = None,
 ) -> list[tuple[str, str]]:
-    """(prompt, answer) strings of every valid JSON line of ``files``; the rest goes to ``rejects``."""
+    """(prompt, answer) strings of every valid JSON line of ``files``; the rest goes to ``rejects``.
+    ``origins``, if given, receives each returned example's (file, line number)."""
     examples = []
     for path in files:
         with JsonlFile(path) as f:
@@ -161,6 +166,8 @@ def read_examples(
                     rejects.add(path, raw.line_number, *problem)
                     continue
                 examples.append((record[prompt_key], record[answer_key]))
+                if origins is not None:
+                    origins.append((path, raw.line_number))
     return examples
 
 
@@ -182,23 +189,24 @@ def tokenize_examples(
     num_pauses: int,
     seq_length: int,
     rejects: RejectLog,
-    source: str = "",
+    origins: Sequence[tuple[str, int]] | None = None,
 ) -> list[Example]:
     """Tokenize prompts (with the tokenizer's BOS, if any) and answers (without) separately, and fit
     each example into ``seq_length`` positions: prompts lose tokens from the left (a BOS stays),
     pauses and answer never; an example whose pauses and answer leave no room for one prompt token
-    is rejected ("too_long")."""
+    is rejected ("too_long"). ``origins`` names each text's (file, line) in the rejects."""
     prompts = tokenizer.tokenize_batch_arrays([p for p, _ in texts])
     answers = tokenizer.tokenize_batch_arrays([a for _, a in texts], add_bos=False)
     keep_first = 1 if getattr(tokenizer, "add_bos", False) else 0
     out = []
     for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        source, line = origins[i] if origins is not None else ("", i + 1)
         prompt, answer = prompt.astype(np.int64), answer.astype(np.int64)
         if len(answer) == 0:
-            rejects.add(source, i, "empty_answer", "no tokens")
+            rejects.add(source, line, "empty_answer", "no tokens")
             continue
         if len(prompt) <= keep_first:
-            rejects.add(source, i, "empty_prompt", "no tokens")
+            rejects.add(source, line, "empty_prompt", "no tokens")
             continue
         room = seq_length - num_pauses - len(answer)  # positions left for the prompt
         if room < 1 + keep_first:
@@ -210,7 +218,7 @@ def tokenize_examples(
             )
             continue
         if len(prompt) > room:
-            rejects.add(source, i, TRUNCATED, f"prompt {len(prompt)} -> {room} tokens")
+            rejects.add(source, line, TRUNCATED, f"prompt {len(prompt)} -> {room} tokens")
             prompt = np.concatenate([prompt[:keep_first], prompt[len(prompt) - room + keep_first :]])
         out.append(Example(prompt, answer))
     return out
