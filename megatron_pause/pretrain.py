@@ -5,13 +5,15 @@ Launched once per rank by ``torchrun`` or ``srun``. Reads Megatron-LM's flags
 process group exists, then builds each component from its own narrow config
 and hands them to the :class:`~megatron_pause.training.trainer.Trainer`:
 
-    flags -> PretrainConfig -> validate -> process groups -> tokenizer
+    flags -> PretrainConfig -> validate -> process groups -> tokenizer -> datasets
           -> model chunks (+ pause rows) -> DDP -> optimizer + LR schedule
-          -> checkpoint (resume) -> datasets -> Trainer.fit()
+          -> checkpoint (resume) -> Trainer.fit()
 
 This file is where pauses are wired in: the tokenizer supplies the pause id,
 the dataset inserts pauses and masks pause targets, and the loss re-applies
-that mask. The trainer never sees the word "pause".
+that mask. The trainer never sees the word "pause". Everything after the
+flags is :func:`run_training`, which pause-finetuning
+(:mod:`megatron_pause.finetune`) runs with its own datasets.
 """
 
 from __future__ import annotations
