@@ -543,16 +543,20 @@ def build_parser(
 
 
 def parse_args(
-    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+    argv: Sequence[str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+    config_cls: type[PretrainConfig] = PretrainConfig,
 ) -> PretrainConfig:
     """Parse a Megatron-style command line into a :class:`PretrainConfig`.
 
     ``parser`` defaults to the full pretraining command line; other entry points pass one built
     from the flag groups they use (sections they leave out keep their defaults). Argparse errors
     (unknown flags, bad values) exit with status 2 and a usage message, as Megatron-LM does.
-    Layout checks are separate: see :func:`validate_config`.
+    Layout checks are separate: see :func:`validate_config`. ``config_cls`` is a
+    :class:`PretrainConfig` subclass with extra sections (e.g. finetuning's), whose flags the
+    caller's parser defines with dests ``"<section>.<field>"``.
     """
-    return parse_args_and_given(argv, parser)[0]
+    return parse_args_and_given(argv, parser, config_cls)[0]
 
 
 def given_dests(namespace: dict[str, Any]) -> frozenset[str]:
@@ -568,15 +572,21 @@ def given_dests(namespace: dict[str, Any]) -> frozenset[str]:
 
 
 def parse_args_and_given(
-    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+    argv: Sequence[str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+    config_cls: type[PretrainConfig] = PretrainConfig,
 ) -> tuple[PretrainConfig, frozenset[str]]:
     """:func:`parse_args`, plus the dests the command line set (:func:`given_dests`): what a
     checkpoint's stored configuration may fill in and what it must agree with
     (:mod:`megatron_pause.checkpoint_args`)."""
     parser = parser or build_parser()
     given = vars(parser.parse_args(argv))
+    section_classes = {
+        f.name: f.default_factory  # type: ignore[misc]
+        for f in dataclasses.fields(config_cls)
+    }
 
-    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTION_CLASSES}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in section_classes}
     for dest, value in given.items():
         if not dest.startswith("_"):
             section, name = dest.split(".", 1)
@@ -592,7 +602,7 @@ def parse_args_and_given(
 
     preset = given.get(_MODEL_SIZE)
     model = model_preset(preset, **model_kw) if preset else ModelConfig(**model_kw)
-    cfg = PretrainConfig(model=model, **{s: _SECTION_CLASSES[s](**kw) for s, kw in sections.items()})
+    cfg = config_cls(model=model, **{s: section_classes[s](**kw) for s, kw in sections.items()})
     return cfg, given_dests(given)
 
 
@@ -686,11 +696,12 @@ def _data_file_problems(prefix: str) -> list[str]:
     return []
 
 
-def validate_config(cfg: PretrainConfig, world_size: int) -> None:
+def validate_config(cfg: PretrainConfig, world_size: int, needs_data_path: bool = True) -> None:
     """Reject configurations that cannot run on ``world_size`` processes, or are contradictory.
 
     Needs no GPU and no process group. Raises :class:`ConfigError` listing every problem found;
-    each message names the command-line flags involved.
+    each message names the command-line flags involved. ``needs_data_path=False`` is for entry
+    points that read their data from their own flags (finetuning).
     """
     problems: list[str] = []
     add = problems.append
@@ -919,7 +930,12 @@ def validate_config(cfg: PretrainConfig, world_size: int) -> None:
     evaluates = tr.eval_iters > 0
     if d.mock_data and d.data_path:
         add("--mock-data and --data-path are mutually exclusive")
-    elif not d.mock_data and not d.data_path and not (tr.skip_train and cfg.checkpoint.load):
+    elif (
+        needs_data_path
+        and not d.mock_data
+        and not d.data_path
+        and not (tr.skip_train and cfg.checkpoint.load)
+    ):
         add("no training data: pass --data-path PREFIX (or --mock-data for synthetic tokens)")
     if d.data_path and not d.mock_data:
         try:

@@ -5,21 +5,25 @@ Launched once per rank by ``torchrun`` or ``srun``. Reads Megatron-LM's flags
 process group exists, then builds each component from its own narrow config
 and hands them to the :class:`~megatron_pause.training.trainer.Trainer`:
 
-    flags -> PretrainConfig -> validate -> process groups -> tokenizer
+    flags -> PretrainConfig -> validate -> process groups -> tokenizer -> datasets
           -> model chunks (+ pause rows) -> DDP -> optimizer + LR schedule
-          -> checkpoint (resume) -> datasets -> Trainer.fit()
+          -> checkpoint (resume) -> Trainer.fit()
 
 This file is where pauses are wired in: the tokenizer supplies the pause id,
 the dataset inserts pauses and masks pause targets, and the loss re-applies
-that mask. The trainer never sees the word "pause".
+that mask. The trainer never sees the word "pause". Everything after the
+flags is :func:`run_training`, which pause-finetuning
+(:mod:`megatron_pause.finetune`) runs with its own datasets.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from megatron_pause.arguments import ConfigError, parse_args_and_given, validate_config, validate_vocab
 from megatron_pause.config import PretrainConfig
@@ -31,21 +35,48 @@ def _world_size_from_env() -> int:
     return launch_env().world_size
 
 
+@dataclass
+class RunData:
+    """What an entry point feeds the shared run: map-style sample datasets (either may be None)
+    and the loss. ``eval_loss`` (optional) computes the validation loss from logits and may report
+    more (see :func:`megatron_pause.training.step.make_forward_step`)."""
+
+    train: Any
+    valid: Any
+    loss: Callable
+    eval_loss: Callable | None = None
+
+
+def _pretraining_data(cfg: PretrainConfig, tokenizer, log) -> RunData:
+    from megatron_pause.loss import PauseMaskedLoss
+    from megatron_pause.training.data import build_datasets
+
+    train_ds, valid_ds = build_datasets(cfg, tokenizer, log)
+    return RunData(train_ds, valid_ds, PauseMaskedLoss(tokenizer.pause_id))
+
+
 def run(cfg: PretrainConfig):
     """Build everything and train. Returns the trainer's FitResult (on every rank)."""
+    return run_training(cfg, _pretraining_data)
+
+
+def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any, Any], RunData]):
+    """The run shared by pretraining and finetuning: process groups, tokenizer, ``build_data``
+    (which may resolve run lengths in ``cfg`` before the LR schedule is built), model with pause
+    rows, DDP, optimizer, schedule, checkpoint (resume, or weights only with --finetune), Trainer.
+    Returns the trainer's FitResult (on every rank)."""
     import torch
     from megatron.core import parallel_state
 
     from megatron_pause import platform
     from megatron_pause.checkpoint_args import check_tokenizer, vocab_record
     from megatron_pause.distributed import destroy_distributed, init_distributed
-    from megatron_pause.loss import PauseMaskedLoss
     from megatron_pause.models import fusions
     from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.models.pause_vocab import init_pause_rows
     from megatron_pause.training import checkpoint
     from megatron_pause.training.batches import MicrobatchLoader
-    from megatron_pause.training.data import build_datasets, build_run_tokenizer
+    from megatron_pause.training.data import build_run_tokenizer
     from megatron_pause.training.flops import detect_peak_flops, model_flops_per_token
     from megatron_pause.training.metrics import MetricsLogger
     from megatron_pause.training.scheduler import build_scheduler
@@ -70,6 +101,7 @@ def run(cfg: PretrainConfig):
             f"vocab {tokenizer.vocab_size} (padded {padded_vocab}), pause id {tokenizer.pause_id}, "
             f"pause fraction {cfg.pause.pause_fraction}"
         )
+        data = build_data(cfg, tokenizer, log)
 
         available = fusions.detect()
         log.info(
@@ -128,7 +160,7 @@ def run(cfg: PretrainConfig):
                         f"initialised the <pause> rows ({cfg.model.pause_init})"
                     )
 
-        train_ds, valid_ds = build_datasets(cfg, tokenizer, log)
+        train_ds, valid_ds = data.train, data.valid
         dp_rank = parallel_state.get_data_parallel_rank()
         t = cfg.training
         train_loader = None
@@ -160,7 +192,7 @@ def run(cfg: PretrainConfig):
             chunks=chunks,
             optimizer=optimizer,
             scheduler=scheduler,
-            forward_step=make_forward_step(PauseMaskedLoss(tokenizer.pause_id)),
+            forward_step=make_forward_step(data.loss, data.eval_loss),
             train_loader=train_loader,
             valid_loader_factory=valid_factory,
             logger=log,

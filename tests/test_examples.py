@@ -37,8 +37,8 @@ from megatron_pause.testing import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-SCRIPTS = ["pretrain_pause_1b.sh", "pretrain_pause_130m.sh", "pretrain_pause_cpu.sh"]
-SLURM_SCRIPTS = ["pretrain_pause_1b.sh", "pretrain_pause_130m.sh"]
+SCRIPTS = ["pretrain_pause_1b.sh", "pretrain_pause_130m.sh", "pretrain_pause_cpu.sh", "finetune_pause_1b.sh"]
+SLURM_SCRIPTS = ["pretrain_pause_1b.sh", "pretrain_pause_130m.sh", "finetune_pause_1b.sh"]
 SAMPLE_TOKENIZER = EXAMPLES / "data" / "sample_tokenizer.model"
 HAVE_PRETRAIN = (REPO / "megatron_pause" / "pretrain.py").is_file()
 
@@ -1004,3 +1004,40 @@ def test_gpu_check_targets(gpu_check):
     )
     table = gpu_check.format_table(rows[:1] + [dict(preset="1b", config="te-fp8", skipped="not run: no TE")])
     assert "not run: no TE" in table and "40,000" in table
+
+
+# ------------------------------------------------------------------------------------------
+# The finetuning job (same shared job body)
+# ------------------------------------------------------------------------------------------
+
+
+def test_finetune_script_starts_from_the_pretrained_weights_then_resumes(slurm, tmp_path):
+    from megatron_pause.finetune import parse_finetune_args, validate_finetune_config
+
+    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    for path in (train, valid):
+        path.write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n")
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    env = dict(DATA_PATH=str(train), VALID_DATA_PATH=str(valid), PRETRAINED_CHECKPOINT=str(pretrained))
+    proc = slurm.submit("finetune_pause_1b.sh", **env)
+    assert proc.returncode == 0, proc.stderr
+    command = slurm.srun_record()["command"]
+    assert command[:3] == [sys.executable, "-m", "megatron_pause.finetune"], command
+    cfg = parse_finetune_args(command[3:])
+    assert cfg.model == model_preset("1b") and cfg.precision.bf16
+    assert cfg.finetune.train_data_path == [str(train)] and cfg.finetune.valid_data_path == [str(valid)]
+    assert (
+        cfg.finetune.finetune_pauses == 10 and cfg.finetune.pack_sequences and cfg.finetune.train_epochs == 3
+    )
+    assert (cfg.checkpoint.load, cfg.checkpoint.finetune) == (str(pretrained), True)
+    assert cfg.checkpoint.save == slurm.checkpoint_dir
+    world_size = int(slurm.srun_record()["env"]["SLURM_NTASKS"])
+    cfg.tokenizer.tokenizer_model = slurm.tokenizer_model
+    validate_finetune_config(cfg, world_size)
+    # Once the run has a checkpoint of its own, a (re)submission resumes it.
+    Path(slurm.checkpoint_dir, "latest_checkpointed_iteration.txt").write_text("200")
+    assert slurm.submit("finetune_pause_1b.sh", FINETUNE_PAUSES="0", **env).returncode == 0
+    cfg = parse_finetune_args(slurm.srun_record()["command"][3:])
+    assert (cfg.checkpoint.load, cfg.checkpoint.finetune) == (slurm.checkpoint_dir, False)
+    assert cfg.finetune.finetune_pauses == 0

@@ -9,6 +9,14 @@ fused kernel (flash / memory-efficient on GPU, a blocked kernel on CPU).
 
 Shapes follow megatron: query ``[sq, b, np, hn]``, key/value ``[sk, b, ng, hn]``
 (``ng`` query groups for GQA), output ``[sq, b, np * hn]``.
+
+Packed sequences (several finetuning examples in one row) arrive the way
+megatron-core hands them to Transformer Engine: ``packed_seq_params`` in the
+``thd`` format, query ``[t, np, hn]`` and ``cu_seqlens`` marking where each
+example starts. megatron already restarts the rotary positions per example
+(``apply_rotary_pos_emb(cu_seqlens=...)``); here attention is confined to each
+example with a block-diagonal causal mask, so a packed example computes what it
+would compute alone. Local and TE specs thus share one packed-batch format.
 """
 
 from __future__ import annotations
@@ -61,8 +69,10 @@ class SDPAttention(MegatronModule):
         attention_bias: torch.Tensor | None = None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
+        if attention_bias is not None:
+            raise ValueError("SDPAttention does not support an attention bias")
+        if packed_seq_params is not None:
+            return self._packed(query, key, value, packed_seq_params)
         mask_type = attn_mask_type or self.attn_mask_type
         sq, b = query.shape[0], query.shape[1]
         # [s, b, h, d] -> [b, h, s, d]
@@ -88,6 +98,38 @@ class SDPAttention(MegatronModule):
             )  # fmt: skip
         # [b, h, s, d] -> [s, b, h * d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
+
+    def _packed(self, query, key, value, packed_seq_params) -> torch.Tensor:
+        """``thd`` inputs ``[t, h, d]``: causal attention within each ``cu_seqlens`` segment only."""
+        if packed_seq_params.qkv_format != "thd":
+            raise ValueError(f"SDPAttention packs only the thd format, got {packed_seq_params.qkv_format!r}")
+        cu_q, cu_kv = packed_seq_params.cu_seqlens_q, packed_seq_params.cu_seqlens_kv
+        if cu_kv is not None and not torch.equal(cu_q, cu_kv):
+            raise ValueError("SDPAttention packs self-attention only (cu_seqlens_q == cu_seqlens_kv)")
+        t = query.shape[0]
+        if int(cu_q[-1]) != t:
+            raise ValueError(f"cu_seqlens ends at {int(cu_q[-1])} but the packed row has {t} tokens")
+        lengths = (cu_q[1:] - cu_q[:-1]).to(torch.long)
+        segment = torch.repeat_interleave(
+            torch.arange(len(lengths), device=query.device), lengths.to(query.device)
+        )
+        pos = torch.arange(t, device=query.device)
+        allowed = (segment[:, None] == segment[None, :]) & (pos[None, :] <= pos[:, None])
+        # [t, h, d] -> [1, h, t, d]
+        q, k, v = (x.permute(1, 0, 2).unsqueeze(0) for x in (query, key, value))
+        dropout_p = self.dropout_p if self.training else 0.0
+        ctx = (
+            tensor_parallel.get_cuda_rng_tracker().fork()
+            if dropout_p > 0 and not self.config.sequence_parallel
+            else _null()
+        )
+        with ctx:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=self.softmax_scale,
+                enable_gqa=self.heads_per_partition != self.groups_per_partition,
+            )  # fmt: skip
+        # [1, h, t, d] -> [t, h * d]; megatron reshapes it to [t, 1, h * d]
+        return out.squeeze(0).permute(1, 0, 2).reshape(t, -1)
 
 
 def _tp_world_size() -> int:

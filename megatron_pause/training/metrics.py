@@ -6,7 +6,7 @@ every logged training iteration and every evaluation. Every line carries
 lines add ``consumed_tokens``, ``lr``, ``grad_norm``, ``tokens_per_sec``,
 ``step_time_s``, ``mfu`` (null without a known peak), ``pause_fraction``
 (share of pause targets in the batch) and ``tokens`` / ``pause_tokens``;
-valid lines add ``ppl``. Only the first rank writes; lines are appended and
+valid lines add ``ppl`` (and, when finetuning, ``accuracy``). Only the first rank writes; lines are appended and
 flushed, so a resumed run continues the same file.
 """
 
@@ -68,12 +68,14 @@ class MetricsLogger:
             line += " | step skipped (non-finite)"
         self._emit({k: v for k, v in r.items() if k != "train_iters"}, line)
 
-    def valid(self, iteration: int, lm_loss: float, tokens: int) -> None:
+    def valid(self, iteration: int, lm_loss: float, tokens: int, accuracy: float | None = None) -> None:
         ppl = math.exp(min(lm_loss, 50.0))
         line = f"validation at iteration {iteration} | lm loss {lm_loss:.4f} | ppl {ppl:.2f} | tokens {tokens:,d}"
-        self._emit(
-            {"iteration": iteration, "split": "valid", "lm_loss": lm_loss, "ppl": ppl, "tokens": tokens}, line
-        )
+        record = {"iteration": iteration, "split": "valid", "lm_loss": lm_loss, "ppl": ppl, "tokens": tokens}
+        if accuracy is not None:  # finetuning: teacher-forced accuracy of the answer tokens
+            line += f" | accuracy {accuracy:.4f}"
+            record["accuracy"] = accuracy
+        self._emit(record, line)
 
     def info(self, message: str) -> None:
         if self.enabled:

@@ -24,6 +24,7 @@ from megatron.core.distributed import (
 )
 from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -105,14 +106,37 @@ def _move(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def make_forward_step(loss_fn: LossFn) -> Callable:
-    """megatron's forward_step_func: model output plus the loss closure."""
+def packed_seq_params(batch: dict[str, torch.Tensor]) -> PackedSeqParams | None:
+    """megatron's ``thd`` packing description for a batch that carries ``cu_seqlens`` (several
+    sequences in one row, attention confined to each); None for an ordinary batch."""
+    cu = batch.get("cu_seqlens")
+    if cu is None:
+        return None
+    if cu.shape[0] != 1 or batch["tokens"].shape[0] != 1:
+        raise ValueError("packed sequences need --micro-batch-size 1 (megatron's thd format)")
+    cu = cu[0].to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return PackedSeqParams(
+        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest
+    )
+
+
+def make_forward_step(loss_fn: LossFn, eval_loss_fn: LossFn | None = None) -> Callable:
+    """megatron's forward_step_func: model output plus the loss closure.
+
+    With ``eval_loss_fn``, evaluation (the model in eval mode) asks the model for its logits
+    instead of its per-token loss and hands them to ``eval_loss_fn(loss_mask, labels, logits)``,
+    which can report more than the loss (e.g. teacher-forced accuracy).
+    """
 
     def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module):
         batch = _move(next(data_iterator))
-        output = model(
-            batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"]
-        )
+        packed = packed_seq_params(batch)
+        args = (batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
+        if eval_loss_fn is not None and not model.training:
+            output = model(*args, packed_seq_params=packed)
+            return output, partial(eval_loss_fn, batch["loss_mask"], batch["labels"])
+        output = model(*args, labels=batch["labels"], packed_seq_params=packed)
         return output, partial(loss_fn, batch["loss_mask"], batch["labels"])
 
     return forward_step
@@ -126,29 +150,31 @@ class StepResult:
     targets: int  # all target positions
     grad_norm: float | None
     update_successful: bool
+    correct: int = 0  # targets predicted right (argmax), where the loss reports it
+    scored: int = 0  # targets whose correctness was reported (0: no accuracy)
 
     @property
     def lm_loss(self) -> float:
         return self.loss_sum / max(self.num_tokens, 1)
 
 
-def _reduce_reports(reports: list[dict[str, torch.Tensor]]) -> tuple[float, int, int, int]:
+def _reduce_reports(reports: list[dict[str, torch.Tensor]]) -> tuple[float, int, int, int, int, int]:
     """Sum the per-microbatch reports, then over data-parallel ranks. Only the
     last pipeline stage has them; it broadcasts so every rank can log."""
+    vec = torch.zeros(6, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and reports:
-        vec = torch.zeros(4, dtype=torch.float64)
+        no_accuracy = torch.zeros(2)
         for r in reports:
-            vec += torch.cat([r["lm loss"], r["pause targets"], r["targets"]]).detach().double().cpu()
-    else:
-        vec = torch.zeros(4, dtype=torch.float64)
+            parts = [r["lm loss"], r["pause targets"], r["targets"], r.get("accuracy", no_accuracy)]
+            vec += torch.cat([p.detach().double().cpu().reshape(-1) for p in parts])
     dev = platform.device()
     vec = vec.to(dev)
     torch.distributed.all_reduce(vec, group=parallel_state.get_data_parallel_group())
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         last = parallel_state.get_pipeline_model_parallel_last_rank()
         torch.distributed.broadcast(vec, src=last, group=parallel_state.get_pipeline_model_parallel_group())
-    loss_sum, tokens, pauses, targets = vec.tolist()
-    return loss_sum, int(round(tokens)), int(round(pauses)), int(round(targets))
+    loss_sum, *counts = vec.tolist()
+    return (loss_sum, *(int(round(c)) for c in counts))
 
 
 def forward_backward(
@@ -197,7 +223,7 @@ def train_step(
         c.zero_grad_buffer()
     optimizer.zero_grad()
     reports = forward_backward(chunks, forward_step, microbatches, seq_length, micro_batch_size)
-    loss_sum, tokens, pauses, targets = _reduce_reports(reports)
+    loss_sum, tokens, pauses, targets, _, _ = _reduce_reports(reports)
     if not math.isfinite(loss_sum):
         if not skip_nonfinite:
             raise NonFiniteLoss(
@@ -226,5 +252,5 @@ def eval_step(
     finally:
         for c in chunks:
             c.train()
-    loss_sum, tokens, pauses, targets = _reduce_reports(reports)
-    return StepResult(loss_sum, tokens, pauses, targets, None, True)
+    loss_sum, tokens, pauses, targets, correct, scored = _reduce_reports(reports)
+    return StepResult(loss_sum, tokens, pauses, targets, None, True, correct, scored)

@@ -173,7 +173,7 @@ class Trainer:
         if self.valid_loader_factory is None:
             raise RuntimeError("no validation data: check --split / --data-path")
         loader = self.valid_loader_factory()
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, correct, scored = 0.0, 0, 0, 0
         for _ in range(self.training.eval_iters):
             r = eval_step(
                 self.chunks,
@@ -184,8 +184,12 @@ class Trainer:
             )
             loss_sum += r.loss_sum
             tokens += r.num_tokens
+            correct += r.correct
+            scored += r.scored
         loss = loss_sum / max(tokens, 1)
-        self.log.valid(self.state.iteration, loss, tokens)
+        # Accuracy only where the forward step's evaluation loss reports it (finetuning).
+        accuracy = correct / scored if scored else None
+        self.log.valid(self.state.iteration, loss, tokens, accuracy=accuracy)
         return loss
 
     def _log_train(self, result, step_time: float) -> None:
