@@ -1025,7 +1025,9 @@ def test_finetune_script_starts_from_the_pretrained_weights_then_resumes(slurm, 
     command = slurm.srun_record()["command"]
     assert command[:3] == [sys.executable, "-m", "megatron_pause.finetune"], command
     cfg = parse_finetune_args(command[3:])
-    assert cfg.model == model_preset("1b") and cfg.precision.bf16
+    # The GPU fast path by default (TE_FP8=1), as in the pretraining jobs.
+    assert cfg.model == model_preset("1b", transformer_impl="transformer_engine") and cfg.precision.bf16
+    assert cfg.precision.fp8_format == "hybrid"
     assert cfg.finetune.train_data_path == [str(train)] and cfg.finetune.valid_data_path == [str(valid)]
     assert (
         cfg.finetune.finetune_pauses == 10 and cfg.finetune.pack_sequences and cfg.finetune.train_epochs == 3
