@@ -14,7 +14,19 @@ import os
 import shutil
 import tempfile
 
+# Imported once here, in the parent: every forked world inherits them instead of paying seconds
+# of imports per fork (megatron's GPTModel, matplotlib for the evaluation plot).
+import megatron_pause.inference.engine  # noqa: F401
+import megatron_pause.models.gpt  # noqa: F401
 from megatron_pause.testing import run_distributed
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+except ImportError:
+    pass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(REPO, "examples", "data", "sample_tokenizer.model")
