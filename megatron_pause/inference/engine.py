@@ -86,12 +86,14 @@ class PauseGenerator:
         max_batch_size: int = 16,
         max_sequence_length: int | None = None,
         suppress_pause: bool = True,
+        stop_at_eod: bool = True,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.pause_id = tokenizer.pause_id
+        self.stop_at_eod = stop_at_eod  # False: always max_new_tokens (benchmarks)
         self.max_batch_size = max_batch_size
         # Prompt + pauses + new tokens must fit the positions the model was trained with.
         self.max_sequence_length = max_sequence_length
@@ -126,7 +128,7 @@ class PauseGenerator:
             torch.distributed.recv(hidden, src=parallel_state.get_pipeline_model_parallel_prev_rank())
             self.model.set_input_tensor(hidden)
         mode = InferenceMode.active() if ctx is not None else contextlib.nullcontext()
-        with torch.no_grad(), mode:
+        with torch.inference_mode(), mode:
             out = self.model(tokens, positions, None, inference_context=ctx, runtime_gather_output=True)
         self.forward_calls += 1
         if ctx is not None:
@@ -247,7 +249,7 @@ class PauseGenerator:
                     continue  # finished rows are fed eod; their outputs are ignored
                 t = int(nxt[r])
                 tokens[r, cur] = t
-                if t == self.tokenizer.eod:
+                if t == self.tokenizer.eod and self.stop_at_eod:
                     done[r], reason[r] = True, "eod"
                     continue
                 generated[r].append(t)
