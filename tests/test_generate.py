@@ -292,3 +292,31 @@ def test_generate_cli_writes_one_line_per_prompt_in_order(ckpt, tmp_path, capsys
     argv_bad = ["--load", ckpt, "--prompts-file", str(bad), "--output-file", str(tmp_path / "o2.jsonl")]
     assert run_distributed(_cli_body, 1, argv_bad) == [2]
     assert not (tmp_path / "o2.jsonl").exists()
+
+
+def _interactive_body(rank, world, argv):
+    import builtins
+
+    from megatron_pause.generate import main
+
+    lines = iter(["The cat", "", "Once upon a time"])
+
+    def fake_input(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    builtins.input = fake_input
+    return main(argv)
+
+
+def test_interactive_prompts_from_stdin(ckpt, capfd, tmp_path):
+    common = ["--load", ckpt, "--max-new-tokens", "4", "--inference-pauses", "2"]
+    assert run_distributed(_interactive_body, 1, [*common, "--interactive"]) == [0]
+    printed = capfd.readouterr().out
+    out = tmp_path / "o.jsonl"
+    argv = [*common, "--prompt", "The cat", "--prompt", "Once upon a time", "--output-file", str(out)]
+    assert run_distributed(_cli_body, 1, argv) == [0]
+    expected = [json.loads(x)["completion"] for x in out.read_text().splitlines()]
+    assert printed == "".join(c + "\n" for c in expected)  # one completion per non-empty line typed
