@@ -6,6 +6,12 @@ Flags given on the command line override the stored values (a tokenizer file tha
 The parallel layout is the one thing never taken from the checkpoint: inference runs at the
 layout it is launched with, and megatron's distributed checkpoint reshards to it.
 
+Megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by * TP``, so a
+checkpoint saved at TP1 (e.g. padded to 8064) has fewer padding rows than the same model at TP2
+(8192); the distributed checkpoint loads the rows it has. Padding rows are never fed and are
+masked out of every output distribution (:mod:`megatron_pause.inference.sampling`), so this
+does not change a completion or a score (the TP2 parity tests load exactly such a checkpoint).
+
 Used by ``generate``, ``evaluate`` and any other entry point that needs a trained model.
 """
 
