@@ -121,6 +121,8 @@ def run(opts: dict, overrides: dict, decoding) -> dict:
             )
     results_file = opts["results_file"]
     pred_file = opts.get("predictions_file") or os.path.splitext(results_file)[0] + ".predictions.jsonl"
+    for path in (results_file, pred_file):  # fail (or prepare) before any model is loaded
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     results = {
         "task": opts["task"], "task_type": examples[0].kind, "answer_format": fmt,
         "metrics": metric_names(examples[0].kind, fmt), "metric_scale": "percent (per-example scores in P are 0..1)",

@@ -106,6 +106,8 @@ def run(opts: dict, overrides: dict, decoding) -> None:
     from megatron_pause.distributed import destroy_distributed
 
     records = _read_prompts(opts)
+    if opts.get("output_file"):  # fail (or prepare) before the model is loaded
+        os.makedirs(os.path.dirname(os.path.abspath(opts["output_file"])), exist_ok=True)
     _, generator = open_generator(opts["load"], overrides, decoding)
     try:
         m = opts.get("inference_pauses", 0)
