@@ -1,0 +1,188 @@
+"""Generation throughput on CPU: our KV-cached engine, its uncached reference, and Hugging Face
+``generate`` on the same weights.
+
+For each model preset the script builds our GPTModel (random weights, the bundled sample
+tokenizer's vocabulary), copies the weights into a ``transformers`` ``LlamaForCausalLM`` (the
+Llama-style default architecture maps 1:1), checks that both give the same logits, then times
+greedy decoding of fixed-length prompts followed by M pauses, ``--new-tokens`` tokens each
+(eod ignored, ``<pause>`` and the padded vocabulary suppressed on both sides), at each batch
+size. Reported: generated tokens/s (new tokens x batch / wall time, prefill included), the
+minimum over ``--repeats`` runs after a warm-up, and whether the token ids agree with HF.
+
+    python benchmarks/bench_generate.py [--presets tiny,130m] [--batches 1,16] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER = os.path.join(REPO, "examples/data/sample_tokenizer.model")
+
+
+def to_hf_llama(model, cfg, padded_vocab: int):
+    """A ``LlamaForCausalLM`` holding the weights of a TP1/PP1 megatron GPTModel."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    m = cfg.model
+    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
+    head_dim = m.hidden_size // heads
+    hf = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=padded_vocab,
+            hidden_size=m.hidden_size,
+            intermediate_size=m.ffn_hidden_size,
+            num_hidden_layers=m.num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=groups,
+            head_dim=head_dim,
+            max_position_embeddings=m.max_position_embeddings,
+            rms_norm_eps=m.norm_epsilon,
+            rope_theta=float(m.rotary_base),
+            tie_word_embeddings=False,
+            attention_bias=False,
+            mlp_bias=False,
+        )  # fmt: skip
+    ).eval()
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    out = {
+        "model.embed_tokens.weight": sd["embedding.word_embeddings.weight"],
+        "model.norm.weight": sd["decoder.final_layernorm.weight"],
+        "lm_head.weight": sd["output_layer.weight"],
+    }
+    per_group = heads // groups
+    for i in range(m.num_layers):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        # megatron packs q, k, v per query group: [groups, per_group + 2, head_dim, hidden].
+        qkv = sd[src + "self_attention.linear_qkv.weight"].view(
+            groups, per_group + 2, head_dim, m.hidden_size
+        )
+        out[dst + "self_attn.q_proj.weight"] = qkv[:, :per_group].reshape(-1, m.hidden_size)
+        out[dst + "self_attn.k_proj.weight"] = qkv[:, per_group].reshape(-1, m.hidden_size)
+        out[dst + "self_attn.v_proj.weight"] = qkv[:, per_group + 1].reshape(-1, m.hidden_size)
+        out[dst + "self_attn.o_proj.weight"] = sd[src + "self_attention.linear_proj.weight"]
+        gate, up = sd[src + "mlp.linear_fc1.weight"].chunk(2, dim=0)
+        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
+        out[dst + "mlp.down_proj.weight"] = sd[src + "mlp.linear_fc2.weight"]
+        out[dst + "input_layernorm.weight"] = sd[src + "input_layernorm.weight"]
+        out[dst + "post_attention_layernorm.weight"] = sd[src + "pre_mlp_layernorm.weight"]
+    missing, unexpected = hf.load_state_dict({k: v.clone() for k, v in out.items()}, strict=False)
+    missing = [k for k in missing if "rotary" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
+    return hf
+
+
+def _time(fn, repeats: int) -> tuple[float, object]:
+    fn()  # warm-up
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def _bench(rank: int, world: int, args) -> list[dict]:
+    import torch
+
+    from megatron_pause.config import ModelConfig, PretrainConfig, TokenizerConfig, model_preset
+    from megatron_pause.distributed import init_distributed
+    from megatron_pause.inference.engine import PauseGenerator
+    from megatron_pause.models.gpt import build_model_chunks, transformer_config
+    from megatron_pause.tokenizer import build_tokenizer
+
+    torch.set_num_threads(args.threads)
+    tok = build_tokenizer("SentencePieceTokenizer", TOKENIZER)
+    rows = []
+    for preset in args.presets:
+        model_cfg = model_preset(preset) if preset != "58m" else ModelConfig(
+            num_layers=8, hidden_size=512, ffn_hidden_size=1408, num_attention_heads=8, seq_length=1024
+        )  # fmt: skip
+        cfg = PretrainConfig(model=model_cfg, tokenizer=TokenizerConfig(tokenizer_model=TOKENIZER))
+        init_distributed(cfg.parallel, cfg.model.num_layers, 1234)
+        padded = tok.padded_vocab_size()
+        (model,) = build_model_chunks(cfg.model, transformer_config(cfg.model, cfg.parallel), padded)
+        model.eval()
+        hf = to_hf_llama(model, cfg, padded)
+        gen = PauseGenerator(model, tok, padded, max_batch_size=max(args.batches), stop_at_eod=False)
+        params = sum(p.numel() for p in model.parameters())
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(10, tok.base_vocab_size, (max(args.batches), args.prompt_len), generator=g)
+        with torch.no_grad():  # the same weights give the same logits
+            x = ids[:1, :16]
+            ours = model(x, torch.arange(16)[None], None)
+            theirs = hf(x).logits
+        logit_diff = float((ours - theirs).abs().max())
+        suppress = [tok.pause_id, *range(tok.vocab_size, padded)]
+        for batch in args.batches:
+            prompts = [row.tolist() for row in ids[:batch]]
+            n = args.new_tokens
+            hf_in = torch.tensor([p + [tok.pause_id] * args.pauses for p in prompts])
+
+            def run_hf(hf_in=hf_in, n=n, hf=hf, suppress=suppress):
+                with torch.no_grad():
+                    out = hf.generate(
+                        hf_in, attention_mask=torch.ones_like(hf_in), do_sample=False, max_new_tokens=n,
+                        min_new_tokens=n, eos_token_id=None, pad_token_id=0, suppress_tokens=suppress,
+                        use_cache=True,
+                    )  # fmt: skip
+                return out[:, hf_in.shape[1] :].tolist()
+
+            t_hf, hf_tokens = _time(run_hf, args.repeats)
+            # The uncached reference recomputes every position each step: at 130M x batch 16 that
+            # is minutes per run on one thread, so it is timed where it stays cheap.
+            uncached = not args.skip_uncached and (batch == 1 or params < 20e6)
+            variants = [("cached", True)] + ([("uncached", False)] if uncached else [])
+            for name, cache in variants:
+
+                def run_ours(prompts=prompts, n=n, cache=cache, gen=gen):
+                    return [c.tokens for c in gen.generate(prompts, args.pauses, n, use_cache=cache)]
+
+                repeats = args.repeats if cache else 1
+                t, ours_tokens = _time(run_ours, repeats)
+                rows.append(dict(
+                    preset=preset, params_m=params / 1e6, batch=batch, variant=name,
+                    ours_tok_s=batch * n / t, hf_tok_s=batch * n / t_hf, ratio=t_hf / t,
+                    same_tokens=ours_tokens == hf_tokens, logit_diff=logit_diff,
+                ))  # fmt: skip
+                r = rows[-1]
+                print(
+                    f"{preset:>5} ({r['params_m']:.1f}M) batch {batch:>2} {name:>8}: ours {r['ours_tok_s']:7.1f} tok/s, "
+                    f"HF {r['hf_tok_s']:7.1f} tok/s, ours/HF {r['ratio']:.2f}, same tokens {r['same_tokens']}, "
+                    f"max |logit diff| {logit_diff:.1e}",
+                    flush=True,
+                )
+        from megatron_pause.distributed import destroy_distributed
+
+        destroy_distributed()
+    return rows
+
+
+def main() -> int:
+    warnings.filterwarnings("ignore")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default="tiny,130m", type=lambda s: s.split(","))
+    p.add_argument("--batches", default="1,16", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--pauses", type=int, default=10)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-uncached", action="store_true")
+    args = p.parse_args()
+    sys.path.insert(0, REPO)
+    from megatron_pause import platform
+    from megatron_pause.testing import run_distributed
+
+    platform.install()
+    run_distributed(_bench, 1, args, timeout=24 * 3600)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
