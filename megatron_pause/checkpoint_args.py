@@ -214,15 +214,17 @@ def vocab_record(tokenizer: Any, padded_vocab_size: int) -> dict[str, Any]:
     }
 
 
+# The padded size is recorded but not compared: it grows with --tensor-model-parallel-size, and
+# megatron's embedding and output layer load a checkpoint padded for another TP (the padding rows
+# are never fed and never emitted), so resharding TP1 -> TP2 legitimately changes it.
 _VOCAB_FIELDS = (
     ("vocab_size", "vocabulary size (with <pause>)"),
     ("pause_id", "pause id"),
-    ("padded_vocab_size", "padded vocabulary size (embedding rows)"),
 )
 
 
 def check_tokenizer(load_dir: str | None, ckpt_step: int | None, record: dict[str, Any]) -> list[str]:
-    """Refuse a tokenizer whose vocabulary size, padded size or pause id differs from the one
+    """Refuse a tokenizer whose vocabulary size or pause id differs from the one
     recorded with the checkpoint to be loaded (:class:`ConfigError`). Returns notes for the user
     (the tokenizer files differ, but every size agrees). Checkpoints without a record (saved by
     other tools) pass."""

@@ -188,7 +188,7 @@ def test_tokenizer_that_does_not_fit_is_refused(tiny_checkpoint, capfd):
     assert f"the tokenizer does not fit checkpoint {iteration_dir(tiny_checkpoint, TRAIN_ITERS)}" in err
     assert "vocabulary size (with <pause>): checkpoint 1001, this tokenizer 8000" in err
     assert "pause id: checkpoint 1000, this tokenizer 4" in err
-    assert "padded vocabulary size (embedding rows): checkpoint 1024, this tokenizer 8064" in err
+    assert "padded vocabulary size" not in err  # it changes with TP, legitimately
 
 
 def _fake_checkpoint(root, vocab: dict | None) -> str:
@@ -216,6 +216,8 @@ def test_check_tokenizer_fields(tmp_path):
     (note,) = check_tokenizer(root, 5, ours)
     assert "tokenizer files differ" in note and "sha256:b vs SentencePiece:sha256:a" in note
     assert check_tokenizer(_fake_checkpoint(tmp_path / "c", None), None, ours) == []  # nothing recorded
+    # Resharding to another TP pads the vocabulary differently: not a mismatch.
+    assert check_tokenizer(_fake_checkpoint(tmp_path / "d", {**ours, "padded_vocab_size": 8192}), 5, ours) == []
     assert check_tokenizer(str(tmp_path / "none"), None, ours) == []
 
 
