@@ -35,7 +35,16 @@ MODEL = ModelConfig(
     seq_length=SEQ, init_method_std=0.25, rotary_base=10000, norm_epsilon=1e-5,
 )  # fmt: skip
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far away", "1 + 1 ="]
-GEN_TOKENS = 12
+GEN_TOKENS = 10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: on a loaded 2-core machine a second intra-op thread mostly spins (10-40x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _config() -> PretrainConfig:
@@ -292,3 +301,136 @@ def test_export_refuses_bad_input(exported, tmp_path, capsys):
     (busy / "x").write_text("keep")
     assert convert_checkpoint.main(["export", "--load", exported["ckpt_tp1"], "--output", str(busy)]) == 2
     assert "not empty" in capsys.readouterr().err and (busy / "x").read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------
+# Import (HF -> checkpoint) and round trips
+
+
+def _import(rank, world, hf_dir, save):
+    from megatron_pause.conversion.hf_import import import_hf
+
+    r = import_hf(hf_dir, save)
+    return r.pause_id, r.pause_added, r.vocab_size, r.model, r.model_flags()
+
+
+def _safetensors(folder: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(folder, f)))
+    return out
+
+
+def test_export_import_export_reproduces_every_tensor(exported, tmp_path):
+    ckpt, again = str(tmp_path / "imported"), str(tmp_path / "again")
+    [(pause_id, added, vocab, model, _)] = run_distributed(_import, 1, exported["hf_tp1"], ckpt)
+    assert (pause_id, added, vocab) == (PAUSE, False, VOCAB)
+    assert (model.num_query_groups, model.rotary_base, model.norm_epsilon) == (2, 10000, 1e-5)
+    _export(ckpt, again)
+    a, b = _safetensors(exported["hf_tp1"]), _safetensors(again)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # The pause row was trained (123 pause targets): it must survive, not be re-initialised.
+    assert json.load(open(os.path.join(again, "config.json")))["megatron_pause"]["pause_targets_seen"] == 123
+
+
+def _foreign_hf_model(folder: str) -> int:
+    """A random Llama with a byte-level BPE tokenizer that has no <pause>: GQA, tied
+    embeddings, RoPE base 50000, eps 1e-6. Returns its vocabulary size."""
+    import gzip
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    with gzip.open(os.path.join(REPO, "examples", "data", "sample_corpus.jsonl.gz"), "rt") as f:
+        lines = [json.loads(line)["text"] for _, line in zip(range(200), f)]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        lines,
+        trainers.BpeTrainer(
+            vocab_size=500,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 50000.0}, tie_word_embeddings=True,
+        initializer_range=0.25, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn(p.shape))
+    model.save_pretrained(folder)
+    return len(tok)
+
+
+def _imported_logits(rank, world, ckpt, tokens):
+    """Load an imported checkpoint at TP2 (weights only, as --finetune does) and return full logits."""
+    from megatron.core import parallel_state
+
+    from megatron_pause.config import PretrainConfig
+    from megatron_pause.distributed import destroy_distributed, init_distributed
+    from megatron_pause.models.gpt import build_model_chunks, transformer_config
+    from megatron_pause.tokenizer import padded_vocab_size
+    from megatron_pause.training.checkpoint import checkpoint_config, load_checkpoint
+
+    cfg = PretrainConfig.from_dict(checkpoint_config(ckpt)["config"])
+    par = ParallelConfig(tensor_model_parallel_size=2)
+    init_distributed(par, cfg.model.num_layers, seed=1)
+    chunks = build_model_chunks(cfg.model, transformer_config(cfg.model, par), padded_vocab_size(501, 128, 2))
+    load_checkpoint(ckpt, chunks, load_rng=False, load_optimizer_state=False)
+    with torch.no_grad():
+        local = chunks[0](tokens, torch.arange(tokens.shape[1]).expand_as(tokens), None)
+        parts = [torch.empty_like(local) for _ in range(2)]
+        torch.distributed.all_gather(
+            parts, local.contiguous(), group=parallel_state.get_tensor_model_parallel_group()
+        )
+    destroy_distributed()
+    return torch.cat(parts, dim=-1)
+
+
+def test_hf_model_imports_and_round_trips(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_dir, ckpt, out = str(tmp_path / "hf"), str(tmp_path / "ckpt"), str(tmp_path / "out")
+    vocab = _foreign_hf_model(hf_dir)
+    [(pause_id, added, new_vocab, model, flags)] = run_distributed(_import, 1, hf_dir, ckpt)
+    assert (pause_id, added, new_vocab) == (vocab, True, vocab + 1)
+    assert (model.rotary_base, model.norm_epsilon, model.num_query_groups) == (50000, 1e-6, 2)
+    assert "--num-query-groups 2" in flags and "--tokenizer-type HuggingFaceTokenizer" in flags
+
+    # The imported weights, loaded at TP2, compute what the HF model computes (fp32).
+    original = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    tokens = torch.randint(3, vocab, (2, 96), generator=torch.Generator().manual_seed(2))
+    logits = run_distributed(_imported_logits, 2, ckpt, tokens)[0]
+    with torch.no_grad():
+        want = original(tokens).logits
+    assert float((logits[..., :vocab] - want).abs().max()) <= TOL
+
+    # HF -> import -> export reproduces every original tensor; the tied head is untied by copying.
+    _export(ckpt, out)
+    src, back = _safetensors(hf_dir), _safetensors(out)
+    for name, t in src.items():
+        rows = slice(None) if t.dim() < 2 or "embed" not in name else slice(0, vocab)
+        assert torch.equal(back[name][rows], t), name
+    assert torch.equal(back["lm_head.weight"][:vocab], src["model.embed_tokens.weight"])
+    # The added <pause> rows follow the project's rule: the mean of the real rows.
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert back[name].shape[0] == vocab + 1
+        torch.testing.assert_close(back[name][vocab], src["model.embed_tokens.weight"].mean(0))
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) == vocab + 1 and tok.convert_tokens_to_ids("<pause>") == vocab
+    assert json.load(open(os.path.join(out, "config.json")))["megatron_pause"]["pause_targets_seen"] == 0
