@@ -14,6 +14,12 @@ reproduces its normaliser, dummy prefix, byte fallback and the ``<pause>``
 piece (a ``Split`` pre-tokenizer) exactly. ``LlamaTokenizer`` must not be used:
 it hard-codes Llama's whitespace handling and differs on leading spaces.
 ``split_special_tokens=True`` keeps literal ``"<s>"`` etc. plain text.
+Known difference: a literal control token that forms a whole segment right after a literal
+``"<pause>"`` (``"<pause><unk>"`` at the end of the text, or between two pauses) is that control
+id in the HF tokenizer but plain text for SentencePiece: the converted BPE takes a segment equal to
+a vocabulary entry whole, which is also how the isolated ``<pause>`` finds its piece. Text
+produced by the pipeline never has it (pauses are inserted as ids). The fuzz test counts it.
+
 A pause that is not a piece of the tokenizer (appended after the base
 vocabulary) becomes an added token at that id.
 """
