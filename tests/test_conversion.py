@@ -118,17 +118,24 @@ def _resave(rank, world, tp, pp, src, dst):
     destroy_distributed()
 
 
-def _export(load: str, output: str, *extra: str) -> None:
-    import convert_checkpoint
+def _cli():
+    """tools/convert_checkpoint.py as a module (the tool is a script, not part of the package)."""
+    import importlib.util
 
-    assert convert_checkpoint.main(["export", "--load", load, "--output", output, *extra]) == 0
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint", os.path.join(REPO, "tools", "convert_checkpoint.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _export(load: str, output: str, *extra: str) -> None:
+    assert _cli().main(["export", "--load", load, "--output", output, *extra]) == 0
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    import sys
-
-    sys.path.insert(0, os.path.join(REPO, "tools"))
     from megatron_pause.tokenizer import build_tokenizer
 
     tok = build_tokenizer("SentencePieceTokenizer", TOKENIZER)
@@ -289,8 +296,7 @@ def test_bf16_export_is_the_rounded_fp32_export(exported, tmp_path):
 
 
 def test_export_refuses_bad_input(exported, tmp_path, capsys):
-    import convert_checkpoint
-
+    convert_checkpoint = _cli()
     assert (
         convert_checkpoint.main(["export", "--load", str(tmp_path / "none"), "--output", str(tmp_path / "o")])
         == 2
@@ -402,12 +408,21 @@ def _imported_logits(rank, world, ckpt, tokens):
     return torch.cat(parts, dim=-1)
 
 
-def test_hf_model_imports_and_round_trips(tmp_path):
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    """A foreign HF Llama (tokenizer without <pause>, tied embeddings), imported."""
+    root = tmp_path_factory.mktemp("foreign")
+    hf_dir, ckpt = str(root / "hf"), str(root / "ckpt")
+    vocab = _foreign_hf_model(hf_dir)
+    [imported] = run_distributed(_import, 1, hf_dir, ckpt)
+    return dict(root=root, hf_dir=hf_dir, ckpt=ckpt, vocab=vocab, imported=imported)
+
+
+def test_hf_model_imports_and_round_trips(foreign, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf_dir, ckpt, out = str(tmp_path / "hf"), str(tmp_path / "ckpt"), str(tmp_path / "out")
-    vocab = _foreign_hf_model(hf_dir)
-    [(pause_id, added, new_vocab, model, flags)] = run_distributed(_import, 1, hf_dir, ckpt)
+    hf_dir, ckpt, out, vocab = foreign["hf_dir"], foreign["ckpt"], str(tmp_path / "out"), foreign["vocab"]
+    pause_id, added, new_vocab, model, flags = foreign["imported"]
     assert (pause_id, added, new_vocab) == (vocab, True, vocab + 1)
     assert (model.rotary_base, model.norm_epsilon, model.num_query_groups) == (50000, 1e-6, 2)
     assert "--num-query-groups 2" in flags and "--tokenizer-type HuggingFaceTokenizer" in flags
@@ -434,3 +449,46 @@ def test_hf_model_imports_and_round_trips(tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     assert len(tok) == vocab + 1 and tok.convert_tokens_to_ids("<pause>") == vocab
     assert json.load(open(os.path.join(out, "config.json")))["megatron_pause"]["pause_targets_seen"] == 0
+
+
+def _pretrain(rank, world, argv):
+    from megatron_pause.pretrain import main
+
+    return main(argv)
+
+
+def test_imported_model_pause_finetunes_at_tp2_with_its_hf_tokenizer(foreign, tmp_path):
+    """The paper's StdPT -> PauseFT path end to end: data preprocessed with the imported HF tokenizer
+    (with online pauses), then `--finetune --load` of the imported checkpoint at TP2."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "preprocess_cli", os.path.join(REPO, "tools", "preprocess_data.py")
+    )
+    preprocess = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preprocess)
+    tok_dir = os.path.join(foreign["ckpt"], "tokenizer")
+    corpus, prefix = tmp_path / "docs.jsonl", str(tmp_path / "data")
+    with open(corpus, "w") as f:
+        for i in range(60):
+            f.write(
+                json.dumps({"text": f"Document {i}: the quick brown fox jumps over the lazy dog. " * 4})
+                + "\n"
+            )
+    assert preprocess.main([
+        "--input", str(corpus), "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok_dir,
+        "--append-eod", "--output-prefix", prefix, "--workers", "1",
+    ]) == 0  # fmt: skip
+    _, _, _, _, flags = foreign["imported"]
+    metrics = tmp_path / "metrics.jsonl"
+    argv = [
+        *flags.split(), "--seq-length", "64", "--finetune", "--load", foreign["ckpt"],
+        "--data-path", prefix + "_text_document", "--split", "100,0,0", "--tensor-model-parallel-size", "2",
+        "--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "2", "--eval-iters", "0",
+        "--lr", "1e-4", "--pause-fraction", "0.1", "--metrics-file", str(metrics),
+    ]  # fmt: skip
+    assert run_distributed(_pretrain, 2, argv, timeout=300) == [0, 0]
+    lines = [json.loads(line) for line in open(metrics)]
+    train = [r for r in lines if r["split"] == "train"]
+    assert [r["iteration"] for r in train] == [1, 2]
+    assert all(r["pause_tokens"] > 0 and 0 < r["lm_loss"] < 20 for r in train)
