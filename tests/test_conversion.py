@@ -492,3 +492,24 @@ def test_imported_model_pause_finetunes_at_tp2_with_its_hf_tokenizer(foreign, tm
     train = [r for r in lines if r["split"] == "train"]
     assert [r["iteration"] for r in train] == [1, 2]
     assert all(r["pause_tokens"] > 0 and 0 < r["lm_loss"] < 20 for r in train)
+
+
+def test_import_refuses_what_the_model_cannot_express(foreign, tmp_path, capsys):
+    import shutil
+
+    cli = _cli()
+    assert cli.main(["import", "--hf", str(tmp_path / "missing"), "--save", str(tmp_path / "c")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    # Refuses to overwrite an existing checkpoint.
+    assert cli.main(["import", "--hf", foreign["hf_dir"], "--save", foreign["ckpt"]]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    for change, message in (({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+                              "rope scaling"), ({"hidden_act": "gelu"}, "hidden_act"),
+                            ({"attention_bias": True}, "biases")):  # fmt: skip
+        hf = tmp_path / f"hf_{message.split()[0]}"
+        shutil.copytree(foreign["hf_dir"], hf)
+        config = json.load(open(hf / "config.json"))
+        config.update(change)
+        json.dump(config, open(hf / "config.json", "w"))
+        assert cli.main(["import", "--hf", str(hf), "--save", str(tmp_path / "c")]) == 2
+        assert message in capsys.readouterr().err

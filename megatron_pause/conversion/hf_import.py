@@ -187,6 +187,12 @@ def import_hf(
     init_pause = pause_added or tokenizer.pause_id >= hf_rows
     provenance = getattr(hf_config, "megatron_pause", None) or {}
     pause_seen = 0 if init_pause else int(provenance.get("pause_targets_seen", 0) or 0)
+    real_ids = tokenizer.vocab_size - (1 if pause_added else 0)
+    if real_ids > hf_rows:
+        raise HFImportError(
+            f"the tokenizer has {real_ids} ids but the model's embedding only {hf_rows} rows: "
+            "tokenizer and weights do not belong together"
+        )
     if tokenizer.vocab_size < hf_rows:
         log(
             f"dropping {hf_rows - tokenizer.vocab_size} embedding rows beyond the tokenizer's {tokenizer.vocab_size} ids"

@@ -43,7 +43,9 @@ def load_hf_tokenizer(tokenizer_type: str, tokenizer_model: str, pause_token: st
     else:
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copyfile(tokenizer_model, os.path.join(tmp, "tokenizer.model"))
-            sp = project._backend.sp
+            import sentencepiece
+
+            sp = sentencepiece.SentencePieceProcessor(model_file=tokenizer_model)
             pad = sp.id_to_piece(sp.pad_id()) if sp.pad_id() >= 0 else None
             hf = AutoTokenizer.from_pretrained(
                 tmp, local_files_only=True, split_special_tokens=True, pad_token=pad,
