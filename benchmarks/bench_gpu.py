@@ -18,6 +18,14 @@ MFU is the trainer's: model FLOPs per token x tokens/s over the device's peak (d
 GPU name, or ``--peak-flops``). For FP8 the trainer doubles the bf16 peak, so FP8 MFU is measured
 against the FP8 peak.
 
+Peak memory is what ``nvidia-smi`` reports in use on the GPU during the run, above what was in
+use before it started: the training process's CUDA context plus everything its allocator held
+(what decides whether a configuration fits), sampled every 0.2 s. The fusions each run used are
+read from its start-up log line.
+
+``--model-size 1b`` measures the 1B preset (2048-token context); its defaults are sized for one
+80 GB+ GPU without recomputation.
+
 Works offline: if ``megatron.core`` is not importable, megatron-core==0.19.2 is installed from a
 wheel in ``wheels/`` at the repository root (``pip install --no-index --find-links wheels
 --no-deps``, so the machine's CUDA torch is never touched), falling back to unpacking the wheel
@@ -26,6 +34,7 @@ onto PYTHONPATH where site-packages is read-only.
 Usage:
     python benchmarks/bench_gpu.py                       # 50 iterations per configuration
     python benchmarks/bench_gpu.py --iters 100 --configs local-bf16,te-fp8 --output bench.json
+    python benchmarks/bench_gpu.py --model-size 1b --micro-batch-size 4 --global-batch-size 32
 """
 
 from __future__ import annotations
@@ -35,10 +44,12 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -129,6 +140,8 @@ class Result:
     step_time_s: float | None = None
     mfu: float | None = None
     final_lm_loss: float | None = None
+    peak_memory_gib: float | None = None
+    fusions: str | None = None
     wall_s: float = 0.0
     log: str = ""
     error: str | None = None
@@ -160,6 +173,62 @@ def summarize(metrics: list[dict], warmup: int) -> dict:
         mfu=statistics.median(mfus) if mfus else None,
         final_lm_loss=train[-1]["lm_loss"],
     )
+
+
+class PeakMemory:
+    """GPU memory in use above the level before the run, sampled from ``nvidia-smi`` in a thread
+    (the child's own allocator statistics are not visible from here). None without nvidia-smi."""
+
+    def __init__(self, interval_s: float = 0.2):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+        self.index = visible if visible.isdigit() else "0"
+        self.interval_s = interval_s
+        self.baseline = self._used_mib()
+        self.peak: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _used_mib(self) -> float | None:
+        if shutil.which("nvidia-smi") is None:
+            return None
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "-i", self.index, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout  # fmt: skip
+            return float(out.split()[0])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            used = self._used_mib()
+            if used is not None:
+                self.peak = used if self.peak is None else max(self.peak, used)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        if self.baseline is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def gib(self) -> float | None:
+        if self.peak is None or self.baseline is None:
+            return None
+        return round((self.peak - self.baseline) / 1024, 2)
+
+
+def fusions_line(log_text: str) -> str | None:
+    """The run's start-up line naming the fusions that were on (see megatron_pause/models/fusions.py)."""
+    for line in log_text.splitlines():
+        if "fusions on:" in line:
+            return line.split("fusions on:", 1)[1].split(";", 1)[0].strip()
+    return None
 
 
 def run_config(name: str, args: argparse.Namespace, workdir: Path, extra_pythonpath: list[str]) -> Result:
@@ -201,7 +270,7 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path, extra_pythonp
     command = [sys.executable, "-m", "megatron_pause.pretrain", *argv]
     print(f"[{name}] {' '.join(command)}", flush=True)
     start = time.monotonic()
-    with open(log_file, "w") as log:
+    with open(log_file, "w") as log, PeakMemory() as memory:
         try:
             proc = subprocess.run(
                 command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout
@@ -210,8 +279,17 @@ def run_config(name: str, args: argparse.Namespace, workdir: Path, extra_pythonp
         except subprocess.TimeoutExpired:
             returncode = None
     wall = time.monotonic() - start
-    tail = log_file.read_text(errors="replace")[-3000:]
-    result = Result(config=name, ok=False, wall_s=round(wall, 1), log=str(log_file), argv=command)
+    text = log_file.read_text(errors="replace")
+    tail = text[-3000:]
+    result = Result(
+        config=name,
+        ok=False,
+        wall_s=round(wall, 1),
+        log=str(log_file),
+        argv=command,
+        peak_memory_gib=memory.gib(),
+        fusions=fusions_line(text),
+    )
     if returncode != 0:
         result.error = (
             f"timed out after {args.timeout}s" if returncode is None else f"exit status {returncode}"
@@ -250,7 +328,7 @@ def choose_configs(requested: str, te_available: bool, fp8_capable: bool) -> tup
     return chosen, skipped
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-size", default="130m", help="model preset (default: 130m)")
     parser.add_argument("--iters", type=int, default=50, help="training iterations per configuration")
@@ -272,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where metrics and logs go (default: a temp dir)"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))  # run as a script: make the checkout importable
     if args.iters <= args.warmup:
@@ -308,13 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{args.model_size}, {tokens_per_step:,d} tokens/step, medians over iterations {args.warmup + 1}..{args.iters}"
     )
-    print(f"{'config':<12} {'tokens/s':>12} {'step (ms)':>10} {'MFU':>7} {'final loss':>11}")
+    print(f"{'config':<12} {'tokens/s':>12} {'step (ms)':>10} {'MFU':>7} {'peak GiB':>9} {'final loss':>11}")
     for r in results:
         if r.ok:
             mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
+            mem = f"{r.peak_memory_gib:.1f}" if r.peak_memory_gib is not None else "n/a"
             print(
-                f"{r.config:<12} {r.tokens_per_sec:>12,.0f} {1000 * r.step_time_s:>10.1f} {mfu:>7} {r.final_lm_loss:>11.4f}"
+                f"{r.config:<12} {r.tokens_per_sec:>12,.0f} {1000 * r.step_time_s:>10.1f} {mfu:>7} {mem:>9} {r.final_lm_loss:>11.4f}"
             )
+            print(f"{'':<12} fusions on: {r.fusions or 'n/a'}")
         else:
             print(f"{r.config:<12} FAILED: {r.error} (log: {r.log})")
     base = next((r for r in results if r.config == "te-bf16" and r.ok), None)

@@ -4,6 +4,7 @@
 #
 #   sbatch examples/pretrain_pause_130m.sh                      # from the repository root
 #   DATA_PATH=/lustre/c4/c4_en_train_text_document sbatch examples/pretrain_pause_130m.sh
+#   TE_FP8=0 sbatch examples/pretrain_pause_130m.sh             # local layers, plain bf16 (no TE/FP8)
 #
 # Every variable in the "paths" and "layout" blocks below can be overridden from the environment
 # at submission (sbatch exports the submitting shell's environment). EXTRA_ARGS is appended last,
@@ -64,6 +65,11 @@ set -euo pipefail
 # 512 x 1024 = ~0.5M tokens per step. The paper pretrains on C4 for 200B tokens: ~380k steps.
 : "${GLOBAL_BATCH_SIZE:=512}"
 : "${TRAIN_ITERS:=380000}"
+# The GPU fast path: TE_FP8=1 adds megatron-core's Transformer Engine layer spec with FP8
+# (--transformer-impl transformer_engine --fp8-format hybrid, and --fp8-dot-product-attention where
+# the TE version and GPU support it) to PRECISION_ARGS. TE_FP8=0 is the one switch back to local
+# layers in plain bf16 (e.g. an image without Transformer Engine, or GPUs without FP8: pre-Ada).
+: "${TE_FP8:=1}"
 : "${PRECISION_ARGS=--bf16}"
 : "${OPTIMIZER_SHARDING_ARGS=--use-distributed-optimizer --overlap-grad-reduce --overlap-param-gather}"
 : "${MASTER_PORT:=6000}"

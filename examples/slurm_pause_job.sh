@@ -83,7 +83,6 @@ if [[ -n "$TOKENIZER_MODEL" ]]; then ARGS+=(--tokenizer-model "$TOKENIZER_MODEL"
 if [[ -n "$TENSORBOARD_DIR" ]]; then ARGS+=(--tensorboard-dir "$TENSORBOARD_DIR"); fi
 if [[ -n "$METRICS_FILE" ]]; then ARGS+=(--metrics-file "$METRICS_FILE"); fi
 ARGS+=(${PRECISION[@]+"${PRECISION[@]}"} ${OPTIMIZER_SHARDING[@]+"${OPTIMIZER_SHARDING[@]}"})
-ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
 
 mkdir -p "$CHECKPOINT_DIR"
 if [[ -n "$TENSORBOARD_DIR" ]]; then mkdir -p "$TENSORBOARD_DIR"; fi
@@ -115,6 +114,36 @@ if [[ -n "$CONTAINER_IMAGE" ]]; then
         --container-workdir="$MEGATRON_PAUSE_DIR"
     )
 fi
+
+# ---------------------------------------------------------------------------------------------
+# The GPU fast path (TE_FP8=1, the default): megatron-core's Transformer Engine layer spec with
+# FP8 GEMMs (--fp8-format hybrid) and, where the TE version and GPU support it, FP8 dot-product
+# attention. One task checks the job's environment first (inside the container, if any), so a job
+# without Transformer Engine or without FP8 tensor cores stops here, in seconds, with a message
+# naming the switch -- not after every rank has started. TE_FP8=0 trains with the local layer
+# spec in plain bf16 (PRECISION_ARGS) and skips the check.
+# ---------------------------------------------------------------------------------------------
+FAST_PATH=()
+case "${TE_FP8:=1}" in
+    1)
+        PREFLIGHT=("$PYTHON" -m megatron_pause.models.fusions --job-preflight --switch TE_FP8=0)
+        if [[ -n "$CONTAINER_IMAGE" ]]; then
+            PREFLIGHT=(srun --nodes=1 --ntasks=1 "${SRUN_ARGS[@]}" "${PREFLIGHT[@]}")
+        fi
+        if ! FAST_FLAGS="$("${PREFLIGHT[@]}")"; then
+            echo "[$(date -Is)] stopping before launch: the TE/FP8 fast path is not available (see above)" >&2
+            exit 1
+        fi
+        read -r -a FAST_PATH <<< "$FAST_FLAGS"
+        ;;
+    0) ;;
+    *)
+        echo "TE_FP8 must be 1 (Transformer Engine + FP8, the default) or 0 (local layers, plain bf16), got '$TE_FP8'" >&2
+        exit 1
+        ;;
+esac
+# EXTRA_ARGS last: for every flag the last occurrence wins.
+ARGS+=(${FAST_PATH[@]+"${FAST_PATH[@]}"} ${EXTRA[@]+"${EXTRA[@]}"})
 
 # ---------------------------------------------------------------------------------------------
 # Launch: one task per GPU (the allocation's --ntasks-per-node), each `python -m

@@ -130,6 +130,10 @@ class _Builder:
     def true(self, flag: str, dest: str, help: str) -> None:
         self.group.add_argument(flag, dest=dest, action="store_true", help=_help(help, dest, False))
 
+    def false(self, flag: str, dest: str, help: str) -> None:
+        """A Megatron-LM style ``--no-...`` switch: stores False into a field that defaults to True."""
+        self.group.add_argument(flag, dest=dest, action="store_const", const=False, help=help)
+
     def pair(self, true_flag: str, false_flag: str, dest: str, help_true: str, help_false: str) -> None:
         """Two flags storing True / False into one boolean field; the last one given wins."""
         default = _field_default(dest)
@@ -419,6 +423,23 @@ def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
         "On SIGTERM (Slurm's pre-timeout signal), save a checkpoint and exit.",
         "Ignore SIGTERM's save-and-exit.",
     )
+    g.value(
+        "--ckpt-step",
+        "checkpoint.ckpt_step",
+        int,
+        "Load this iteration from --load instead of the latest one the tracker names.",
+    )
+    g.true(
+        "--use-checkpoint-args",
+        "checkpoint.use_checkpoint_args",
+        "Take the model, tokenizer and pause settings from the configuration stored with the --load "
+        "checkpoint (flags given for them must agree with it).",
+    )
+    g.true(
+        "--override-opt-param-scheduler",
+        "checkpoint.override_opt_param_scheduler",
+        "On resume, follow the LR schedule of the flags instead of the one stored in the checkpoint.",
+    )
 
 
 def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -439,7 +460,46 @@ def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# Flag groups by config section, in --help order. Entry points compose the groups they need
+def _add_fusion_flags(parser: argparse.ArgumentParser) -> None:
+    g = _Builder(
+        parser.add_argument_group(
+            "kernel fusions",
+            "Each of megatron-core's fusions is on wherever its kernel is available (CUDA, plus "
+            "Transformer Engine or apex where it needs them) and off elsewhere; the start-up log lists "
+            "which are on. These flags (Megatron-LM's names) force one off.",
+        )
+    )
+    g.false("--no-bias-swiglu-fusion", "fusion.bias_swiglu_fusion", "Unfused bias + SwiGLU in the MLP.")
+    g.false("--no-bias-gelu-fusion", "fusion.bias_gelu_fusion", "Unfused bias + GELU in the MLP.")
+    g.false(
+        "--no-bias-dropout-fusion", "fusion.bias_dropout_fusion", "Unfused bias + dropout + residual add."
+    )
+    g.false(
+        "--no-masked-softmax-fusion",
+        "fusion.masked_softmax_fusion",
+        "No fused scale-mask-softmax (megatron's own attention core only).",
+    )
+    g.false("--no-rope-fusion", "fusion.apply_rope_fusion", "Unfused rotary position embedding (TE kernel).")
+    g.false(
+        "--no-gradient-accumulation-fusion",
+        "fusion.gradient_accumulation_fusion",
+        "Weight gradients not accumulated inside the GEMM (apex fused_weight_gradient_mlp_cuda).",
+    )
+    g.false(
+        "--no-persist-layer-norm",
+        "fusion.persist_layer_norm",
+        "No persistent apex LayerNorm kernel (megatron's FusedLayerNorm only).",
+    )
+    g.pair(
+        "--cross-entropy-loss-fusion",
+        "--no-cross-entropy-loss-fusion",
+        "fusion.cross_entropy_loss_fusion",
+        "Fused vocab-parallel cross-entropy where CUDA is present (Megatron-LM flag).",
+        "Unfused cross-entropy.",
+    )
+
+
+# Flag groups by config section, in --help order.# Flag groups by config section, in --help order. Entry points compose the groups they need
 # (finetuning, generation and evaluation reuse these) instead of redefining flags.
 FLAG_GROUPS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "model": _add_model_flags,
@@ -452,6 +512,7 @@ FLAG_GROUPS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "training": _add_training_flags,
     "checkpoint": _add_checkpoint_flags,
     "logging": _add_logging_flags,
+    "fusion": _add_fusion_flags,
 }
 
 
@@ -491,6 +552,27 @@ def parse_args(
     (unknown flags, bad values) exit with status 2 and a usage message, as Megatron-LM does.
     Layout checks are separate: see :func:`validate_config`.
     """
+    return parse_args_and_given(argv, parser)[0]
+
+
+def given_dests(namespace: dict[str, Any]) -> frozenset[str]:
+    """The ``"<section>.<field>"`` dests the command line set, from a parsed namespace: those
+    present (absent flags are absent, see the module docstring), the preset's model fields for
+    ``--model-size``, and ``model.num_query_groups`` for ``--group-query-attention``."""
+    given = {dest for dest in namespace if not dest.startswith("_")}
+    if namespace.get(_MODEL_SIZE):
+        given |= {f"model.{name}" for name in MODEL_PRESETS[namespace[_MODEL_SIZE]]}
+    if namespace.get(_GQA):
+        given.add("model.num_query_groups")
+    return frozenset(given)
+
+
+def parse_args_and_given(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> tuple[PretrainConfig, frozenset[str]]:
+    """:func:`parse_args`, plus the dests the command line set (:func:`given_dests`): what a
+    checkpoint's stored configuration may fill in and what it must agree with
+    (:mod:`megatron_pause.checkpoint_args`)."""
     parser = parser or build_parser()
     given = vars(parser.parse_args(argv))
 
@@ -510,7 +592,8 @@ def parse_args(
 
     preset = given.get(_MODEL_SIZE)
     model = model_preset(preset, **model_kw) if preset else ModelConfig(**model_kw)
-    return PretrainConfig(model=model, **{s: _SECTION_CLASSES[s](**kw) for s, kw in sections.items()})
+    cfg = PretrainConfig(model=model, **{s: _SECTION_CLASSES[s](**kw) for s, kw in sections.items()})
+    return cfg, given_dests(given)
 
 
 def _format(value: Any) -> str:
@@ -887,6 +970,10 @@ def validate_config(cfg: PretrainConfig, world_size: int) -> None:
         add("--finetune needs --load (the checkpoint whose weights to start from)")
     elif ck.finetune and not os.path.isdir(ck.load):
         add(f"--finetune --load {ck.load!r}: no such directory to take weights from")
+    if ck.ckpt_step is not None and (not ck.load or ck.ckpt_step < 0):
+        add(f"--ckpt-step ({ck.ckpt_step}) needs --load and an iteration >= 0")
+    if ck.use_checkpoint_args and not ck.load:
+        add("--use-checkpoint-args needs --load (the checkpoint whose settings to take)")
 
     if problems:
         raise ConfigError(problems)

@@ -160,6 +160,12 @@ class CheckpointConfig:
     # across TP/PP/DP; "dp_reshardable" only across DP (smaller, faster).
     dist_ckpt_optim_sharding: Literal["fully_reshardable", "dp_reshardable"] = "fully_reshardable"
     finetune: bool = False  # load weights only: no optimizer, scheduler or iteration
+    # Load this iteration instead of the tracker's latest (Megatron-LM's --ckpt-step).
+    ckpt_step: int | None = None
+    # Take model, tokenizer and pause settings from the checkpoint's stored configuration.
+    use_checkpoint_args: bool = False
+    # On resume, follow the flags' LR schedule instead of the one stored in the checkpoint.
+    override_opt_param_scheduler: bool = False
 
 
 @dataclass
@@ -169,6 +175,25 @@ class LoggingConfig:
     metrics_file: str | None = None
     # Peak FLOP/s per device for MFU; None = detected GPU (or no MFU on CPU).
     peak_flops: float | None = None
+
+
+@dataclass
+class FusionConfig:
+    """Which of megatron-core's fused kernels a run may use. ``True`` means "on wherever its
+    kernel is available on the running machine" (CUDA, plus Transformer Engine or apex where the
+    fusion needs them); ``False`` forces it off. The decision itself is made in one place,
+    :mod:`megatron_pause.models.fusions`, and logged at start-up. Field names are
+    megatron-core's ``TransformerConfig`` names (bias-activation split into its SwiGLU and GELU
+    halves, as Megatron-LM's flags are)."""
+
+    bias_swiglu_fusion: bool = True
+    bias_gelu_fusion: bool = True
+    bias_dropout_fusion: bool = True
+    masked_softmax_fusion: bool = True
+    apply_rope_fusion: bool = True
+    gradient_accumulation_fusion: bool = True
+    persist_layer_norm: bool = True
+    cross_entropy_loss_fusion: bool = True
 
 
 @dataclass
@@ -183,6 +208,7 @@ class PretrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Sequence
 from functools import partial
 
-from megatron_pause.arguments import ConfigError, parse_args, validate_config, validate_vocab
+from megatron_pause.arguments import ConfigError, parse_args_and_given, validate_config, validate_vocab
 from megatron_pause.config import PretrainConfig
 
 
@@ -37,8 +37,10 @@ def run(cfg: PretrainConfig):
     from megatron.core import parallel_state
 
     from megatron_pause import platform
+    from megatron_pause.checkpoint_args import check_tokenizer, vocab_record
     from megatron_pause.distributed import destroy_distributed, init_distributed
     from megatron_pause.loss import PauseMaskedLoss
+    from megatron_pause.models import fusions
     from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.models.pause_vocab import init_pause_rows
     from megatron_pause.training import checkpoint
@@ -58,6 +60,9 @@ def run(cfg: PretrainConfig):
             cfg.model.make_vocab_size_divisible_by, cfg.parallel.tensor_model_parallel_size
         )
         validate_vocab(cfg, tokenizer.pause_id, padded_vocab)
+        vocab = vocab_record(tokenizer, padded_vocab)
+        for note in check_tokenizer(cfg.checkpoint.load, cfg.checkpoint.ckpt_step, vocab):
+            log.info(note)
         dp_size = parallel_state.get_data_parallel_world_size()
         log.info(
             f"megatron_pause: world {launch.world_size} = TP {cfg.parallel.tensor_model_parallel_size} x "
@@ -66,7 +71,11 @@ def run(cfg: PretrainConfig):
             f"pause fraction {cfg.pause.pause_fraction}"
         )
 
-        tcfg = transformer_config(cfg.model, cfg.parallel, cfg.precision, cfg.training)
+        available = fusions.detect()
+        log.info(
+            f"megatron_pause: {fusions.describe(fusions.decide(cfg.fusion, cfg.model, cfg.precision, available))}"
+        )
+        tcfg = transformer_config(cfg.model, cfg.parallel, cfg.precision, cfg.training, cfg.fusion, available)
         chunks = build_model_chunks(cfg.model, tcfg, padded_vocab)
         init_pause_rows(
             chunks,
@@ -78,7 +87,9 @@ def run(cfg: PretrainConfig):
         )
         chunks = wrap_model(chunks, tcfg, cfg.parallel)
         optimizer = build_optimizer(chunks, cfg.optimizer, cfg.parallel, cfg.precision)
-        scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.training.train_iters)
+        scheduler = build_scheduler(
+            optimizer, cfg.optimizer, cfg.training.train_iters, cfg.checkpoint.override_opt_param_scheduler
+        )
 
         state = TrainState()
         if cfg.checkpoint.load:
@@ -90,8 +101,10 @@ def run(cfg: PretrainConfig):
                 optimizer=optimizer,
                 scheduler=None if finetune else scheduler,
                 sharding_type=cfg.checkpoint.dist_ckpt_optim_sharding,
+                iteration=cfg.checkpoint.ckpt_step,
                 load_rng=not finetune,
                 load_optimizer_state=not finetune,
+                log=log.info,
             )  # fmt: skip
             if loaded is None:
                 log.info(f"no checkpoint under --load {cfg.checkpoint.load}: starting from scratch")
@@ -154,6 +167,7 @@ def run(cfg: PretrainConfig):
             flops_per_token=model_flops_per_token(cfg.model, padded_vocab, cfg.model.seq_length),
             peak_flops=peak,
             config_dict=cfg.to_dict(),
+            checkpoint_metadata={"vocab": vocab},
             state=state,
         )
         result = trainer.fit()
@@ -171,12 +185,24 @@ def run(cfg: PretrainConfig):
 def main(argv: Sequence[str] | None = None) -> int:
     # megatron-core warns at import that TE/apex are absent; expected on CPU.
     warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
-    cfg = parse_args(argv)
+    cfg, given = parse_args_and_given(argv)
+    usage_errors: tuple[type[Exception], ...] = (ConfigError,)
     try:
+        if cfg.checkpoint.load:
+            # Flags against the checkpoint's stored configuration, and its files, before anything is built.
+            from megatron_pause.checkpoint_args import resolve_checkpoint_config
+            from megatron_pause.training.checkpoint import CheckpointError
+
+            usage_errors = (ConfigError, CheckpointError)
+            ck = cfg.checkpoint
+            cfg = resolve_checkpoint_config(
+                cfg, given, ck.load, ck.ckpt_step, ck.use_checkpoint_args, weights_only=ck.finetune
+            )
         validate_config(cfg, _world_size_from_env())
-    except ConfigError as e:
+    except usage_errors as e:
         print(f"megatron_pause: {e}", file=sys.stderr)
         return 2
+    from megatron_pause.training.checkpoint import CheckpointError
     from megatron_pause.training.step import NonFiniteLoss
 
     try:
@@ -184,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLoss as e:
         print(f"megatron_pause: {e}", file=sys.stderr)
         return 3
+    except (ConfigError, CheckpointError) as e:  # found once the tokenizer or the tensors are read
+        print(f"megatron_pause: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,54 +1,17 @@
-"""The pure pieces of conversion: TE <-> local names, the QKV/fc1 layouts, the safetensors writer."""
+"""The pure pieces of conversion: the QKV/fc1 layouts and the safetensors writer."""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 
 from megatron_pause.conversion import llama
 from megatron_pause.conversion.safetensors_writer import ShardedSafetensorsWriter, parse_size
-from megatron_pause.conversion.te_names import rename_for_spec
-from megatron_pause.testing import run_distributed
 
 SHAPE = llama.LlamaShape(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=8,
                          num_query_groups=2, vocab_size=50)  # fmt: skip
-
-
-def _local_names(rank, world):
-    from megatron_pause.config import ModelConfig, ParallelConfig
-    from megatron_pause.distributed import destroy_distributed, init_distributed
-    from megatron_pause.models.gpt import build_model_chunks, transformer_config
-
-    model = ModelConfig(
-        num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=8, num_query_groups=2
-    )
-    init_distributed(ParallelConfig(), 2, seed=0)
-    [gpt] = build_model_chunks(model, transformer_config(model, ParallelConfig()), 128)
-    names = [k for k in gpt.state_dict() if not k.endswith("_extra_state")]
-    disk = [v.key for v in gpt.sharded_state_dict().values() if "_extra_state" not in v.key]
-    destroy_distributed()
-    return names, disk
-
-
-def test_te_names_are_what_megatron_writes_on_disk_and_map_back():
-    [(names, disk)] = run_distributed(_local_names, 1)
-    te = rename_for_spec(dict.fromkeys(names), "transformer_engine")
-    assert any("layer_norm_weight" in k for k in te) and not any(
-        "layernorm.weight" in k and "layers" in k for k in te
-    )
-    # Megatron's own local spec maps its norms to TE names for the checkpoint: ours must agree.
-    stacked = {re.sub(r"decoder\.layers\.\d+\.", "decoder.layers.", k) for k in te}
-    assert stacked == set(disk)
-    assert list(rename_for_spec(te, "local")) == names  # and back, order kept
-    assert rename_for_spec({"module.decoder.layers.3.input_layernorm.weight": 1}, "transformer_engine") == {
-        "module.decoder.layers.3.self_attention.linear_qkv.layer_norm_weight": 1
-    }
-    with pytest.raises(ValueError, match="mixed"):
-        rename_for_spec({"decoder.layers.0.input_layernorm.weight": 1,
-                         "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight": 2}, "local")  # fmt: skip
 
 
 def test_qkv_and_fc1_layouts_round_trip_and_group_heads():

@@ -447,6 +447,8 @@ def test_config_rejects_bad_pause_settings():
         PauseGPTDatasetConfig(tokenizer=FakeTokenizer(pause_id=EOD), **common)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         PauseGPTDatasetConfig(tokenizer=FakeTokenizer(pause_id=BASE_VOCAB + 1), **common)
+    with pytest.raises(ValueError, match="inter_document_masking.*before pauses are inserted"):
+        PauseGPTDatasetConfig(tokenizer=tok, inter_document_masking=True, **common)
     config = PauseGPTDatasetConfig(tokenizer=tok, **common)
     assert config.pause_id == PAUSE and config.pause_seed == 1
     # pad == eod is not a distinct pad: megatron then pads with its own -1 sentinel.

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_pause import arguments
 from megatron_pause.arguments import parse_args, validate_config
 from megatron_pause.config import model_preset
 from megatron_pause.testing import free_port
@@ -144,14 +145,39 @@ sys.exit(status or next((p.returncode for p in procs if p.returncode), 0))
 """
 
 
+# The cluster's GPUs as nvidia-smi reports them (the job's TE/FP8 check reads the compute capability).
+FAKE_NVIDIA_SMI = r"""
+import os, sys
+
+assert sys.argv[1:] == ["--query-gpu=compute_cap", "--format=csv,noheader"], sys.argv
+print("\n".join([os.environ.get("FAKE_COMPUTE_CAP", "9.0")] * 8))
+"""
+
+
+def _fake_transformer_engine(root: Path, version: str) -> Path:
+    """An importable-looking ``transformer_engine`` (a package and its metadata, nothing inside):
+    what the jobs' start-up check looks for, without pretending any kernel exists."""
+    (root / "transformer_engine").mkdir(parents=True)
+    (root / "transformer_engine" / "__init__.py").write_text("")
+    info = root / f"transformer_engine-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: transformer_engine\nVersion: {version}\n")
+    return root
+
+
 def _write_exe(path: Path, source: str) -> None:
     path.write_text(f"#!{sys.executable}\n{textwrap.dedent(source)}")
     path.chmod(0o755)
 
 
 @pytest.fixture
-def slurm(tmp_path):
-    """Stand-in Slurm on PATH; returns a helper to submit a script and read what srun saw."""
+def slurm(tmp_path, monkeypatch):
+    """Stand-in Slurm on PATH; returns a helper to submit a script and read what srun saw.
+
+    The stand-in cluster has H100-class GPUs (a stand-in ``nvidia-smi``) and, unless a test
+    submits with ``te=False``, a Transformer Engine the jobs can find; this process's
+    ``validate_config`` is told the same, so the launched command line is checked as it would be
+    on the cluster."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record_dir = tmp_path / "slurm"
@@ -159,6 +185,9 @@ def slurm(tmp_path):
     _write_exe(bin_dir / "sbatch", FAKE_SBATCH)
     _write_exe(bin_dir / "scontrol", FAKE_SCONTROL)
     _write_exe(bin_dir / "srun", FAKE_SRUN)
+    _write_exe(bin_dir / "nvidia-smi", FAKE_NVIDIA_SMI)
+    te_root = _fake_transformer_engine(tmp_path / "te", "2.8.0")
+    monkeypatch.setattr(arguments, "transformer_engine_available", lambda: True)
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -175,8 +204,12 @@ def slurm(tmp_path):
         tokenizer_model = str(tokenizer)
         checkpoint_dir = str(tmp_path / "ckpt")
 
-        def env(self, **overrides: str) -> dict[str, str]:
+        te_pythonpath = str(te_root)
+
+        def env(self, te: bool = True, **overrides: str) -> dict[str, str]:
             env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+            if te:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(te_root), env.get("PYTHONPATH")]))
             env.update(
                 PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
                 FAKE_SLURM_DIR=str(record_dir),
@@ -192,10 +225,10 @@ def slurm(tmp_path):
             env.update(overrides)
             return env
 
-        def submit(self, script: str, *sbatch_opts: str, timeout: float = 60, **env: str):
+        def submit(self, script: str, *sbatch_opts: str, timeout: float = 60, te: bool = True, **env: str):
             proc = subprocess.run(
                 [str(bin_dir / "sbatch"), *sbatch_opts, str(EXAMPLES / script)],
-                env=self.env(**env),
+                env=self.env(te, **env),
                 cwd=REPO,
                 capture_output=True,
                 text=True,
@@ -281,8 +314,10 @@ def test_slurm_script_launches_the_intended_run(script, preset, nodes, slurm):
     record = slurm.srun_record()
     cfg = _launched_config(record)
 
-    assert cfg.model == model_preset(preset)
+    # The GPU fast path by default: TE layers, FP8 hybrid, FP8 attention (TE 2.8 on compute 9.0).
+    assert cfg.model == model_preset(preset, transformer_impl="transformer_engine")
     assert cfg.precision.bf16 and not cfg.precision.fp16
+    assert cfg.precision.fp8_format == "hybrid" and cfg.precision.fp8_dot_product_attention
     p = cfg.parallel
     assert p.use_distributed_optimizer and p.overlap_grad_reduce and p.overlap_param_gather
     assert (cfg.pause.pause_fraction, cfg.pause.pause_token) == (0.1, "<pause>")
@@ -324,6 +359,7 @@ def test_env_and_extra_args_override(slurm):
         MASTER_PORT="29555",
         FAKE_HOSTNAMES="gpu17 gpu18",
         EXTRA_ARGS="--model-size tiny --lr 0.5 --pause-fraction 0.2",
+        TE_FP8="0",  # the tiny preset's FFN (344) is no FP8 GEMM width
     )
     assert proc.returncode == 0, proc.stderr
     record = slurm.srun_record()
@@ -345,6 +381,7 @@ def test_empty_variables_leave_flags_out(slurm):
         PRECISION_ARGS="",
         OPTIMIZER_SHARDING_ARGS="",
         EXTRA_ARGS="--mock-data",
+        TE_FP8="0",  # FP8 needs --bf16: no precision flags means no fast path either
     )
     assert proc.returncode == 0, proc.stderr
     cfg = _launched_config(slurm.srun_record())
@@ -426,6 +463,84 @@ def test_time_limit_signal_saves_and_requeues(slurm, restarts, requeued):
         assert slurm.requeues() == ["requeue 4242"]
     else:
         assert slurm.requeues() == [] and "not requeueing" in err
+
+
+# ------------------------------------------------------------------------------------------
+# The GPU fast path (Transformer Engine + FP8) and its one switch, TE_FP8
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script, preset", [("pretrain_pause_1b.sh", "1b"), ("pretrain_pause_130m.sh", "130m")]
+)
+def test_switch_goes_back_to_local_bf16(script, preset, slurm, monkeypatch):
+    """TE_FP8=0 removes the TE spec and every FP8 flag and keeps bf16; it needs no Transformer
+    Engine, so the job's check is skipped."""
+    proc = slurm.submit(script, te=False, TE_FP8="0")
+    assert proc.returncode == 0, proc.stderr
+    command = slurm.srun_record()["command"]
+    assert "--transformer-impl" not in command and not any(a.startswith("--fp8") for a in command)
+    cfg = _launched_config(slurm.srun_record())
+    assert cfg.model == model_preset(preset)  # local layers
+    assert (
+        cfg.precision.bf16
+        and cfg.precision.fp8_format is None
+        and not cfg.precision.fp8_dot_product_attention
+    )
+    monkeypatch.setattr(arguments, "transformer_engine_available", lambda: False)  # a cluster without TE
+    validate_config(cfg, 8 * int(slurm.sbatch_record()["header"]["nodes"]))
+
+
+@pytest.mark.parametrize("script", SLURM_SCRIPTS)
+def test_job_without_transformer_engine_stops_before_launch(script, slurm):
+    proc = slurm.submit(script, te=False)
+    assert proc.returncode == 1
+    assert "transformer_engine is not importable" in proc.stderr and "TE_FP8=0" in proc.stderr
+    assert "stopping before launch" in proc.stderr
+    assert not (slurm.dir / "srun.json").exists()  # no training step was started
+
+
+def test_job_on_gpus_without_fp8_stops_before_launch(slurm):
+    proc = slurm.submit("pretrain_pause_1b.sh", FAKE_COMPUTE_CAP="8.0")  # A100
+    assert proc.returncode == 1
+    assert "compute capability is 8.0" in proc.stderr and "TE_FP8=0" in proc.stderr
+    assert not (slurm.dir / "srun.json").exists()
+
+
+@pytest.mark.parametrize(
+    "te_version, capability, dpa",
+    [("2.8.0", "9.0", True), ("2.8.0", "8.9", False), ("1.5.0", "9.0", False), ("1.6.0", "10.0", True)],
+)
+def test_fp8_attention_only_where_te_and_gpu_support_it(slurm, tmp_path, te_version, capability, dpa):
+    te_root = _fake_transformer_engine(tmp_path / f"te-{te_version}", te_version)
+    proc = slurm.submit(
+        "pretrain_pause_130m.sh",
+        te=False,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(te_root), os.environ.get("PYTHONPATH")])),
+        FAKE_COMPUTE_CAP=capability,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cfg = _launched_config(slurm.srun_record())
+    assert cfg.model.transformer_impl == "transformer_engine" and cfg.precision.fp8_format == "hybrid"
+    assert cfg.precision.fp8_dot_product_attention is dpa
+    assert f"Transformer Engine {te_version}" in proc.stderr
+    assert ("FP8 dot-product attention on" if dpa else "FP8 dot-product attention off") in proc.stderr
+
+
+def test_fast_path_check_runs_in_the_container(slurm):
+    """With CONTAINER_IMAGE the check runs as a one-task step inside the image (where TE lives),
+    not in the batch shell's Python."""
+    proc = slurm.submit("pretrain_pause_1b.sh", te=False, CONTAINER_IMAGE="/images/megatron_pause.sqsh")
+    # The stand-in srun records and prints nothing, so the check "passes" with no flags; what
+    # matters is that the batch shell did not run it itself (it has no TE: it would have failed).
+    assert proc.returncode == 0, proc.stderr
+    assert "transformer_engine is not importable" not in proc.stderr
+
+
+def test_bad_switch_value_is_rejected(slurm):
+    proc = slurm.submit("pretrain_pause_1b.sh", TE_FP8="yes")
+    assert proc.returncode == 1 and "TE_FP8 must be 1" in proc.stderr
+    assert not (slurm.dir / "srun.json").exists()
 
 
 # ------------------------------------------------------------------------------------------
@@ -562,12 +677,14 @@ def test_1b_script_trains_tiny_on_cpu_and_resumes(slurm, tmp_path):
         TENSORBOARD_DIR="",
         METRICS_FILE=str(metrics),
         CUDA_VISIBLE_DEVICES="",
+        TE_FP8="0",  # CPU: local layers
     )
     first = slurm.submit(
         "pretrain_pause_1b.sh",
         "--nodes=1",
         "--ntasks-per-node=2",
         timeout=600,
+        te=False,
         EXTRA_ARGS=f"{tiny} --train-iters 2",
         **env,
     )
@@ -583,6 +700,7 @@ def test_1b_script_trains_tiny_on_cpu_and_resumes(slurm, tmp_path):
         "--nodes=1",
         "--ntasks-per-node=2",
         timeout=600,
+        te=False,
         EXTRA_ARGS=f"{tiny} --train-iters 4",
         **env,
     )
@@ -776,3 +894,113 @@ def test_bench_without_cuda_says_so():
     if proc.returncode != 2:
         pytest.skip("a CUDA device is present")
     assert "no CUDA device" in proc.stderr
+
+
+def test_bench_reads_the_fusions_line(bench):
+    log = "loading\nmegatron_pause: fusions on: bias-activation, rope; off: cross-entropy (needs CUDA)\nstep 1\n"
+    assert bench.fusions_line(log) == "bias-activation, rope"
+    assert bench.fusions_line("no such line") is None
+
+
+def test_bench_peak_memory_from_nvidia_smi(bench, tmp_path, monkeypatch):
+    """Peak = the highest reading during the run minus the reading before it; no nvidia-smi, no number."""
+    counter = tmp_path / "calls"
+    _write_exe(
+        tmp_path / "nvidia-smi",
+        f"""
+        import sys
+        from pathlib import Path
+        assert "--query-gpu=memory.used" in sys.argv, sys.argv
+        path = Path({str(counter)!r})
+        n = len(path.read_text().splitlines()) if path.exists() else 0
+        with path.open("a") as f:
+            f.write("call\\n")
+        print(1024 if n == 0 else 1024 + 512 * min(n, 4))  # MiB: baseline 1 GiB, then up to 3 GiB
+        """,
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with bench.PeakMemory(interval_s=0.01) as memory:
+        deadline = time.monotonic() + 20
+        while len(counter.read_text().splitlines()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert memory.gib() == 2.0
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with bench.PeakMemory() as memory:
+        pass
+    assert memory.gib() is None
+
+
+@pytest.fixture
+def gpu_check(bench):
+    import gpu_check
+
+    return gpu_check
+
+
+def test_gpu_check_without_cuda_says_so(gpu_check, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert gpu_check.main(["--skip-tests"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_check_runs_what_this_machine_has(gpu_check, bench, monkeypatch, capsys, tmp_path):
+    """Orchestration on a stubbed H200 without Transformer Engine: both presets run local-bf16,
+    the TE rows say why they are missing, and the table and targets are printed. (The runs
+    themselves are stubbed: this checks the script, not a kernel.)"""
+    import torch
+
+    from megatron_pause.models import fusions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stub H200")
+    monkeypatch.setattr(fusions, "transformer_engine_version", lambda: None)
+    launched = []
+
+    def fake_run(name, args, workdir, extra_pythonpath):
+        launched.append((args.model_size, name, args.iters, args.micro_batch_size))
+        return bench.Result(
+            config=name, ok=True, iterations=args.iters, measured_iterations=args.iters - args.warmup,
+            tokens_per_sec=1e5, step_time_s=0.5, mfu=0.4, final_lm_loss=6.5, peak_memory_gib=12.0,
+            fusions="bias-activation, bias-dropout-add, cross-entropy", wall_s=30.0,
+        )  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_config", fake_run)
+    out_json = tmp_path / "check.json"
+    assert gpu_check.main(["--skip-tests", "--workdir", str(tmp_path), "--output", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert launched == [("130m", "local-bf16", 30, 8), ("1b", "local-bf16", 20, 4)]
+    assert "Transformer Engine is not importable here" in out
+    assert re.search(r"1b\s+local-bf16\s+100,000\s+40.0%\s+12.0\s+6.5000@20", out), out
+    assert re.search(r"1b\s+te-fp8 .*not run: Transformer Engine is not importable", out), out
+    assert "1B TE-bf16 MFU >= 45%: not measured" in out
+    report = json.loads(out_json.read_text())
+    assert report["environment"]["transformer_engine"] is None and len(report["rows"]) == 6
+
+
+def test_gpu_check_targets(gpu_check):
+    def row(preset, config, tps, mfu, loss=6.0):
+        return dict(
+            preset=preset, config=config, ok=True, tokens_per_sec=tps, mfu=mfu, final_lm_loss=loss,
+            iterations=20, peak_memory_gib=None, wall_s=60.0, fusions=None,
+        )  # fmt: skip
+
+    rows = [
+        row("1b", "local-bf16", 4e4, 0.35, 6.01),
+        row("1b", "te-bf16", 5e4, 0.47, 6.0),
+        row("1b", "te-fp8", 6e4, 0.28, 6.02),
+        row("130m", "te-bf16", 1e5, 0.3),
+        row("130m", "te-fp8", 1.4e5, 0.21),
+    ]
+    lines = gpu_check.check_targets(rows)
+    assert "1B TE-bf16 MFU >= 45%: PASS (47.0%)" in lines
+    assert "1b TE-FP8 >= 1.3x TE-bf16 tokens/s: FAIL (1.20x)" in lines
+    assert "130m TE-FP8 >= 1.3x TE-bf16 tokens/s: PASS (1.40x)" in lines
+    assert any(
+        line.startswith("1b loss after the last step, spread across configurations: 0.0200") for line in lines
+    )
+    table = gpu_check.format_table(rows[:1] + [dict(preset="1b", config="te-fp8", skipped="not run: no TE")])
+    assert "not run: no TE" in table and "40,000" in table

@@ -30,7 +30,7 @@ import torch
 
 from megatron_pause.config import CheckpointConfig, ModelConfig, PauseConfig, PretrainConfig, TokenizerConfig
 from megatron_pause.conversion import llama
-from megatron_pause.conversion.te_names import rename_for_spec
+from megatron_pause.models.te_names import state_dict_to_local
 from megatron_pause.tokenizer import HUGGINGFACE, build_tokenizer, padded_vocab_size
 
 TOKENIZER_SUBDIR = "tokenizer"
@@ -151,7 +151,7 @@ def megatron_state_dict(
     for i in range(shape.num_layers):
         for suffix, t in llama.megatron_layer_from_hf(hf, i, shape).items():
             sd[f"{llama.LAYER_PREFIX}{i}.{suffix}"] = t.float()
-    return rename_for_spec(sd, "local")
+    return state_dict_to_local(sd)
 
 
 def import_hf(

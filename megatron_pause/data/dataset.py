@@ -141,6 +141,14 @@ class PauseGPTDatasetConfig(GPTDatasetConfig):
             raise ValueError("PauseGPTDatasetConfig needs the run's tokenizer")
         self.tokenizer = as_megatron_tokenizer(self.tokenizer)
         super().__post_init__()
+        if self.inter_document_masking:
+            # megatron-core 0.19's per-document attention takes document lengths counted before
+            # online pauses are inserted (and trimmed back), so its boundaries would be wrong, and
+            # our __getitem__ builds no cu_seqlens. Refuse rather than mask the wrong tokens.
+            raise ValueError(
+                "inter_document_masking is not supported with pause insertion: megatron-core's "
+                "document lengths count tokens before pauses are inserted"
+            )
         fraction = float(self.pause_fraction)
         if not (math.isfinite(fraction) and 0.0 <= fraction <= MAX_PAUSE_FRACTION):
             raise ValueError(

@@ -54,6 +54,19 @@ resharded run is not expected to be bitwise anyway.
 Saves are synchronous (the in-process result queue of
 :func:`megatron_pause.platform.use_in_process_checkpoint_queue` replaces
 megatron's spawned Manager).
+
+**Loading fails early and says where.** Before any tensor is read,
+:func:`verify_checkpoint` parses the three metadata files (ours, megatron's
+``metadata.json``, torch's ``.metadata``) and checks that every shard file the
+metadata names exists and is long enough for the byte ranges it claims. Every
+rank runs the same checks on the same files, so a broken checkpoint raises the
+same :class:`CheckpointError` everywhere instead of one rank failing inside a
+collective while the others wait. The error names the checkpoint directory and
+the file, lists the intact checkpoints under the same root and suggests
+``--ckpt-step``; nothing ever falls back to an older checkpoint on its own
+(that would silently redo work and change results). A checkpoint written by a
+newer megatron-core, or a newer ``megatron_pause.json`` format, is refused:
+0.17+ writes files that 0.16 cannot read, and the failure would be obscure.
 """
 
 from __future__ import annotations
@@ -63,8 +76,10 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -81,14 +96,36 @@ TRACKER = "latest_checkpointed_iteration.txt"
 CONFIG_FILE = "megatron_pause.json"
 SHARDING_TYPES = ("fully_reshardable", "dp_reshardable")
 FORMAT_VERSION = 1
+# Keys save_checkpoint writes into megatron_pause.json itself.
+_META_KEYS = frozenset(
+    (
+        "format_version",
+        "megatron_core",
+        "iteration",
+        "train_state",
+        "layout",
+        "optimizer",
+        "has_scheduler",
+        "config",
+    )
+)
+
+
+MEGATRON_METADATA = "metadata.json"  # megatron dist_checkpointing's backend record
+TORCH_METADATA = ".metadata"  # torch.distributed.checkpoint's index of every shard's byte range
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint directory is unusable (corrupt tracker, missing or incompatible checkpoint)."""
+    """A checkpoint directory is unusable (corrupt tracker, missing or incompatible checkpoint).
+
+    The message is complete for a user (which directory, which file, what to do); entry points
+    print it without a traceback and exit with status 2."""
 
 
 # ---------------------------------------------------------------------------
 # Directory layout and tracker
+
+_ITERATION_DIR = re.compile(r"iter_(\d{7,})(\.old)?")
 
 
 def iteration_dir(root: str, iteration: int) -> str:
@@ -100,18 +137,77 @@ def _is_complete(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
-def _complete_dir(root: str, iteration: int) -> str:
+def complete_iterations(root: str | None) -> list[int]:
+    """Iterations under ``root`` whose save completed (under the final name, or the ``.old``
+    copy a killed re-save leaves), oldest first. Says nothing about whether their files are
+    intact: see :func:`intact_iterations`."""
+    if not root or not os.path.isdir(root):
+        return []
+    found = set()
+    for name in os.listdir(root):
+        match = _ITERATION_DIR.fullmatch(name)
+        if match and _is_complete(os.path.join(root, name)):
+            found.add(int(match.group(1)))
+    return sorted(found)
+
+
+def intact_iterations(root: str | None, exclude: int | None = None) -> list[int]:
+    """Complete iterations under ``root`` that also pass :func:`verify_checkpoint`'s checks."""
+    intact = []
+    for iteration in complete_iterations(root):
+        if iteration == exclude:
+            continue
+        try:
+            _check_files(_complete_dir(root, iteration))
+        except (_Unreadable, CheckpointError):
+            continue
+        intact.append(iteration)
+    return intact
+
+
+def _alternatives(root: str, exclude: int | None) -> str:
+    """The part of a load error that says what can be loaded instead. Never chosen for the user:
+    resuming from an older iteration silently would redo work and change results."""
+    others = intact_iterations(root, exclude)
+    if not others:
+        return f"\n  there is no other intact checkpoint under {root} to load instead."
+    shown = ", ".join(str(i) for i in others[-8:])
+    more = f" (and {len(others) - 8} older)" if len(others) > 8 else ""
+    return (
+        f"\n  intact checkpoints under {root}: iteration {shown}{more}."
+        f"\n  to load one of them instead, add --ckpt-step N (e.g. --ckpt-step {others[-1]})."
+    )
+
+
+class _Unreadable(Exception):
+    """A file of one checkpoint directory is missing, truncated or does not parse."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+
+def _unreadable_error(root: str, iteration: int, path: str, problem: _Unreadable) -> CheckpointError:
+    return CheckpointError(
+        f"cannot load checkpoint {path} (iteration {iteration}): {problem.file} {problem.reason}"
+        + _alternatives(root, iteration)
+    )
+
+
+def _complete_dir(root: str, iteration: int, named_by: str | None = None) -> str:
     """The complete directory of ``iteration``: its final name, or ``.old`` if a
-    re-save of the same iteration was killed between its two renames."""
+    re-save of the same iteration was killed between its two renames.
+
+    ``named_by`` says who asked for the iteration (the tracker, ``--ckpt-step``) for the error."""
     final = iteration_dir(root, iteration)
     for path in (final, final + ".old"):
         if _is_complete(path):
             return path
-    tracker = os.path.join(root, TRACKER)
+    named_by = named_by or f"the tracker {os.path.join(root, TRACKER)}"
     raise CheckpointError(
-        f"{tracker} names iteration {iteration} but {final} is missing or incomplete "
-        f"(no {CONFIG_FILE}); the checkpoint directory was modified outside training. "
-        f"Point --load at a directory with a complete checkpoint, or fix the tracker."
+        f"cannot load checkpoint iteration {iteration}: {named_by} names it but {final} is missing or "
+        f"incomplete: {os.path.join(final, CONFIG_FILE)} does not exist (its save never finished, or the "
+        "directory was changed outside training)" + _alternatives(root, iteration)
     )
 
 
@@ -130,30 +226,122 @@ def latest_iteration(root: str | None) -> int | None:
                 f"{root} is a single checkpoint directory; pass its parent directory "
                 f"({os.path.dirname(os.path.abspath(root))}) to --load"
             )
-        complete = sorted(
-            d
-            for d in os.listdir(root)
-            if d.startswith("iter_") and "." not in d and _is_complete(os.path.join(root, d))
-        )
+        complete = complete_iterations(root)
         if complete:
+            listed = ", ".join(iteration_dir(root, i) for i in complete[-8:])
             raise CheckpointError(
-                f"{root} has checkpoints ({', '.join(complete)}) but no {TRACKER}; the tracker was deleted "
-                f"or a save was killed right before writing it. Write the iteration to load into {path} "
-                f"(e.g. `echo {int(complete[-1][5:])} > {path}`)"
+                f"{root} has checkpoints ({listed}) but no {TRACKER}; the tracker was deleted "
+                f"or a save was killed right before writing it. Load one with --ckpt-step N, or write "
+                f"the iteration to load into {path} (e.g. `echo {complete[-1]} > {path}`)"
             )
         return None
-    with open(path) as f:
-        text = f.read().strip()
+    with open(path, "rb") as f:
+        text = f.read(4096).decode("utf-8", errors="replace").strip()
     try:
         iteration = int(text)
-    except ValueError as e:
+    except ValueError:
         raise CheckpointError(
             f"checkpoint tracker {path} is corrupt: {text[:80]!r} is not an iteration number"
-        ) from e
+            + _alternatives(root, None)
+        ) from None
     if iteration < 0:
-        raise CheckpointError(f"checkpoint tracker {path} is corrupt: negative iteration {iteration}")
+        raise CheckpointError(
+            f"checkpoint tracker {path} is corrupt: negative iteration {iteration}"
+            + _alternatives(root, None)
+        )
     _complete_dir(root, iteration)
     return iteration
+
+
+# ---------------------------------------------------------------------------
+# Checks before loading
+
+
+def _newer(saved: str, running: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(saved) > Version(running)
+    except InvalidVersion:
+        return False  # an unparseable record is reported by the caller's own check
+
+
+def _check_files(path: str) -> dict[str, Any]:
+    """Parse the metadata of checkpoint directory ``path`` and check every shard file it names.
+
+    Reads no tensor: ``.metadata`` records the file and byte range of every item, so a missing or
+    truncated shard file (a storage fault, a partial copy) is found from its size alone. Returns
+    the parsed ``megatron_pause.json``; raises :class:`_Unreadable` naming the file."""
+    meta_file = os.path.join(path, CONFIG_FILE)
+    try:
+        with open(meta_file, "rb") as f:
+            meta = json.loads(f.read())
+    except FileNotFoundError:
+        raise _Unreadable(meta_file, "is missing: the save never finished") from None
+    except (OSError, ValueError) as e:
+        raise _Unreadable(meta_file, f"does not parse ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("iteration"), int):
+        raise _Unreadable(meta_file, "is not a megatron_pause checkpoint record (no iteration)")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise _Unreadable(
+            meta_file,
+            f"has format version {version!r}; this megatron_pause reads version {FORMAT_VERSION} and older: "
+            "update megatron_pause",
+        )
+    saved_core, running_core = meta.get("megatron_core"), platform.megatron_core_version()
+    if saved_core is not None and _newer(str(saved_core), running_core):
+        raise _Unreadable(
+            meta_file,
+            f"says the checkpoint was written by megatron-core {saved_core}, newer than the installed "
+            f"{running_core}, which may not read its files correctly: install megatron-core=={saved_core}",
+        )
+
+    backend_file = os.path.join(path, MEGATRON_METADATA)
+    try:
+        with open(backend_file, "rb") as f:
+            backend = json.loads(f.read())
+    except FileNotFoundError:
+        raise _Unreadable(backend_file, "is missing") from None
+    except (OSError, ValueError) as e:
+        raise _Unreadable(backend_file, f"does not parse ({type(e).__name__}: {e})") from None
+    if not isinstance(backend, dict) or backend.get("sharded_backend") != "torch_dist":
+        raise _Unreadable(backend_file, f"does not describe a torch_dist checkpoint: {str(backend)[:80]!r}")
+
+    index_file = os.path.join(path, TORCH_METADATA)
+    if not os.path.isfile(index_file):
+        raise _Unreadable(index_file, "is missing")
+    try:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        index = FileSystemReader(path).read_metadata()
+        needed: dict[str, int] = {}
+        for info in index.storage_data.values():
+            end = int(info.offset) + int(info.length)
+            needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    except Exception as e:  # a pickle of arbitrary garbage can raise almost anything
+        raise _Unreadable(index_file, f"does not parse ({type(e).__name__}: {e})") from None
+    for name, size in sorted(needed.items()):
+        shard = os.path.join(path, name)
+        try:
+            actual = os.path.getsize(shard)
+        except OSError:
+            raise _Unreadable(shard, f"is missing ({TORCH_METADATA} lists it)") from None
+        if actual < size:
+            raise _Unreadable(shard, f"is truncated: {actual:,d} bytes, {TORCH_METADATA} needs {size:,d}")
+    return meta
+
+
+def verify_checkpoint(root: str, iteration: int, named_by: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The directory and ``megatron_pause.json`` of checkpoint ``iteration`` under ``root``,
+    after checking that it can be read (see :func:`_check_files`). Reads no tensor, needs no
+    process group. Raises :class:`CheckpointError` naming the directory and the failing file,
+    listing the intact checkpoints under ``root`` and suggesting ``--ckpt-step``."""
+    path = _complete_dir(root, iteration, named_by)
+    try:
+        return path, _check_files(path)
+    except _Unreadable as problem:
+        raise _unreadable_error(root, iteration, path, problem) from None
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -352,6 +540,7 @@ def save_checkpoint(
     train_state: dict[str, Any],
     config_dict: dict[str, Any],
     sharding_type: str = "fully_reshardable",
+    metadata: dict[str, Any] | None = None,
 ) -> str:
     """Save a complete checkpoint of ``iteration`` under ``root`` and point the
     tracker at it. Collective over all ranks; synchronous. Returns the final
@@ -360,12 +549,17 @@ def save_checkpoint(
     ``train_state`` (picklable; JSON-friendly values are also written to
     ``megatron_pause.json``) is returned by :func:`load_checkpoint`;
     ``config_dict`` is the resolved run configuration, stored for
-    :func:`checkpoint_config`.
+    :func:`checkpoint_config`. ``metadata`` adds JSON entries to
+    ``megatron_pause.json`` (pretraining records the tokenizer's ``vocab``, which
+    :mod:`megatron_pause.checkpoint_args` checks on load).
     """
     if sharding_type not in SHARDING_TYPES:
         raise ValueError(f"optimizer sharding type must be one of {SHARDING_TYPES}, got {sharding_type!r}")
     if iteration < 0:
         raise ValueError(f"iteration must be >= 0, got {iteration}")
+    reserved = set(metadata or {}) & _META_KEYS
+    if reserved:
+        raise ValueError(f"metadata keys {sorted(reserved)} are reserved")
     final = iteration_dir(root, iteration)
     partial = final + ".partial"
     rank = torch.distributed.get_rank()
@@ -404,6 +598,7 @@ def save_checkpoint(
             "has_scheduler": scheduler is not None,
             "config": config_dict,
         }  # fmt: skip
+        meta.update(metadata or {})
         _write_atomic(os.path.join(partial, CONFIG_FILE), json.dumps(meta, indent=2, default=str))
         old = final + ".old"
         if os.path.exists(final):
@@ -433,6 +628,7 @@ def load_checkpoint(
     iteration: int | None = None,
     load_rng: bool = True,
     load_optimizer_state: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[int, dict[str, Any]] | None:
     """Load the tracker's (or the given) iteration into ``chunks`` and, if
     given, the optimizer, scheduler and RNG streams. Collective over all ranks.
@@ -443,17 +639,23 @@ def load_checkpoint(
     with; a different ``sharding_type`` (the one new saves will use) is noted.
     With ``load_optimizer_state=False`` (fine-tuning) only the weights load
     and the optimizer's main parameters are refreshed from them. Raises
-    :class:`CheckpointError` for a corrupt or incompatible checkpoint.
+    :class:`CheckpointError` for a corrupt or incompatible checkpoint, before
+    reading any tensor where the metadata shows it (:func:`verify_checkpoint`).
+    ``log`` receives notes for the user (default: this module's logger on rank 0),
+    e.g. which LR schedule a resumed run follows.
     """
+    if log is None:
+        log = logger.info if torch.distributed.get_rank() == 0 else (lambda message: None)
+    named_by = None
     if iteration is None:
         iteration = latest_iteration(root)
         if iteration is None:
             if torch.distributed.get_rank() == 0:
                 logger.info("no checkpoint under %s: starting from scratch", root)
             return None
-    path = _complete_dir(root, iteration)
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-        meta = json.load(f)
+    else:
+        named_by = f"--ckpt-step {iteration}"
+    path, meta = verify_checkpoint(root, iteration, named_by)
 
     with_optimizer = optimizer is not None and load_optimizer_state
     if with_optimizer:
@@ -499,7 +701,19 @@ def load_checkpoint(
     if restore_rng:
         state["rng_state"] = _rng_sharded_state()
     with torch.no_grad():  # dp_reshardable loads write into (main) parameters in place
-        loaded = dist_checkpointing.load(state, path)
+        try:
+            with _quiet_load_warnings():
+                loaded = dist_checkpointing.load(state, path)
+        except Exception as e:
+            # The metadata checks passed, so either a shard's bytes are damaged or the model built
+            # here does not fit the checkpoint (a setting the stored configuration does not record).
+            first_line = (str(e).strip().splitlines() or [""])[0][:300]
+            raise CheckpointError(
+                f"cannot load checkpoint {path} (iteration {iteration}): reading it failed with "
+                f"{type(e).__name__}: {first_line}\n  if its files are intact, the model built from these "
+                "flags does not fit it: --use-checkpoint-args takes the model settings from the checkpoint"
+                + _alternatives(root, iteration)
+            ) from e
         for i, chunk in enumerate(chunks):
             unwrap_model(chunk).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
         if with_optimizer:
@@ -516,9 +730,15 @@ def load_checkpoint(
     if scheduler is not None and load_optimizer_state:
         if "opt_param_scheduler" not in loaded:
             raise CheckpointError(f"{path} has no LR scheduler state")
+        from megatron_pause.training.scheduler import schedule_note
+
+        saved_schedule = loaded["opt_param_scheduler"]
+        note = schedule_note(scheduler, saved_schedule)
         # OptimizerParamScheduler.load_state_dict *adds* the saved step count.
         scheduler.num_steps = 0
-        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+        scheduler.load_state_dict(saved_schedule)
+        if note:
+            log(note)
     if restore_rng:
         _restore_rng(loaded["rng_state"])
     if torch.distributed.get_rank() == 0:
@@ -528,12 +748,49 @@ def load_checkpoint(
 
 def checkpoint_config(root: str, iteration: int | None = None) -> dict[str, Any]:
     """The metadata stored with a checkpoint: ``iteration``, ``train_state``,
-    ``layout``, ``optimizer`` and the resolved run ``config``."""
+    ``layout``, ``optimizer``, ``megatron_core``, ``vocab`` (when the saver recorded
+    it) and the resolved run ``config``. Only ``megatron_pause.json`` is read; use
+    :func:`verify_checkpoint` to check the rest."""
+    named_by = None if iteration is None else f"--ckpt-step {iteration}"
     iteration = latest_iteration(root) if iteration is None else iteration
     if iteration is None:
         raise CheckpointError(f"no checkpoint under {root}")
-    with open(os.path.join(_complete_dir(root, iteration), CONFIG_FILE)) as f:
-        return json.load(f)
+    path = _complete_dir(root, iteration, named_by)
+    file = os.path.join(path, CONFIG_FILE)
+    try:
+        with open(file, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError) as e:
+        problem = _Unreadable(file, f"does not parse ({type(e).__name__}: {e})")
+        raise _unreadable_error(root, iteration, path, problem) from None
+
+
+# megatron-core's torch_dist loading emits three warnings on every load that say nothing about the
+# checkpoint. Python prints the source line at each warning's stacklevel, and these point into the
+# middle of multi-line calls and conditions, so the console showed bare fragments such as
+# ``checkpoint.load_state_dict(`` (0.16's call of the deprecated loader) and
+# ``and md.size != obj.size()`` (torch's DCP planner touching a ShardedTensor). Exactly these
+# three are silenced, and only around the load.
+_LOAD_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # megatron exchanges the load plan itself and calls torch's loader with no_dist=True.
+    (
+        "torch.distributed is disabled, unavailable or uninitialized, assuming the intent is to load "
+        "in a single process.",
+        UserWarning,
+    ),
+    # megatron passes the storage reader positionally (torch's _api_bc_check).
+    ("The argument order of load has been changed", UserWarning),
+    # megatron's torch_dist format is built on torch's ShardedTensor.
+    ("Please use DTensor instead and we are deprecating ShardedTensor.", FutureWarning),
+)
+
+
+@contextlib.contextmanager
+def _quiet_load_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message, category in _LOAD_WARNINGS:
+            warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+        yield
 
 
 def data_parallel_rank() -> int:

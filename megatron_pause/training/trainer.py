@@ -88,6 +88,7 @@ class Trainer:
         peak_flops: float | None,
         config_dict: dict[str, Any],
         state: TrainState | None = None,
+        checkpoint_metadata: dict[str, Any] | None = None,
     ) -> None:
         self.training = training
         self.checkpointing = checkpointing
@@ -103,6 +104,7 @@ class Trainer:
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
         self.config_dict = config_dict
+        self.checkpoint_metadata = checkpoint_metadata  # more entries for megatron_pause.json
         self.state = state or TrainState()
         self.world_size = torch.distributed.get_world_size()
 
@@ -230,5 +232,6 @@ class Trainer:
             dataclasses.asdict(self.state),
             self.config_dict,
             sharding_type=self.checkpointing.dist_ckpt_optim_sharding,
+            metadata=self.checkpoint_metadata,
         )
         self.log.info(f"saved checkpoint {path} in {time.monotonic() - start:.1f} s")
