@@ -2,7 +2,7 @@
 
     python -m megatron_pause.hf.lm_eval_cli run --model pause-hf \\
         --model_args pretrained=hf_model,num_pauses=10,add_bos_token=False \\
-        --include_path examples/lm_eval --tasks pause_toy_gen,pause_toy_mc --device cpu
+        --include_path examples/lm_eval --tasks pause_toy_gen pause_toy_mc --device cpu
 """
 
 from __future__ import annotations
