@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--pause-init", choices=["mean", "normal", "zeros"], default="mean")
     im.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     im.add_argument(
-        "--seq-length", type=int, default=None, help="recorded training length (default: min(max pos, ...))"
+        "--seq-length",
+        type=int,
+        default=None,
+        help="training length recorded in the checkpoint (default: min(2048, max_position_embeddings))",
     )
     return parser
 

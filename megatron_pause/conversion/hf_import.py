@@ -34,6 +34,7 @@ from megatron_pause.models.te_names import state_dict_to_local
 from megatron_pause.tokenizer import HUGGINGFACE, build_tokenizer, padded_vocab_size
 
 TOKENIZER_SUBDIR = "tokenizer"
+DEFAULT_SEQ_LENGTH = 2048
 
 
 class HFImportError(ValueError):
@@ -107,7 +108,8 @@ def model_config_from_hf(hf_config, seq_length: int | None = None) -> ModelConfi
         ffn_hidden_size=c.intermediate_size,
         num_attention_heads=c.num_attention_heads,
         num_query_groups=c.num_key_value_heads or c.num_attention_heads,
-        seq_length=min(seq_length or max_pos, max_pos),
+        # Recorded training length (a run may pass another); not the model's 128k context by default.
+        seq_length=min(seq_length or DEFAULT_SEQ_LENGTH, max_pos),
         max_position_embeddings=max_pos,
         norm_epsilon=float(c.rms_norm_eps),
         rotary_base=int(theta),
