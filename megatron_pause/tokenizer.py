@@ -136,6 +136,15 @@ class _HuggingFaceBackend:
     def special_ids(self) -> tuple[int | None, int | None, int | None]:
         return self.tok.eos_token_id, self.tok.pad_token_id, self.tok.bos_token_id
 
+    def register_appended(self, piece: str, token_id: int) -> None:
+        """Make a literal ``piece`` in text encode to the appended pause id, as SentencePiece does
+        for its ``<pause>`` piece (and as the exported Hugging Face tokenizer does)."""
+        from transformers import AddedToken
+
+        self.tok.add_tokens([AddedToken(piece, special=True, normalized=False)])
+        if self.tok.convert_tokens_to_ids(piece) != token_id:
+            raise ValueError(f"{piece} got id {self.tok.convert_tokens_to_ids(piece)}, expected {token_id}")
+
     def encode(self, text: str) -> list[int]:
         # Megatron-LM's HuggingFaceTokenizer keeps the tokenizer's own special-token policy.
         return list(self.tok(text)["input_ids"])
@@ -176,6 +185,9 @@ class PauseTokenizer:
         self.pause_appended = existing is None
         self.pause_id = self.base_vocab_size if existing is None else int(existing)
         self.vocab_size = self.base_vocab_size + (1 if self.pause_appended else 0)
+        if self.pause_appended and hasattr(backend, "register_appended"):
+            # One contract for text that contains a literal "<pause>": it is the pause id.
+            backend.register_appended(pause_token, self.pause_id)
         eos, pad, bos = backend.special_ids()
         if eos is None:
             raise ValueError(
