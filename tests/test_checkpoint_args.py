@@ -217,7 +217,9 @@ def test_check_tokenizer_fields(tmp_path):
     assert "tokenizer files differ" in note and "sha256:b vs SentencePiece:sha256:a" in note
     assert check_tokenizer(_fake_checkpoint(tmp_path / "c", None), None, ours) == []  # nothing recorded
     # Resharding to another TP pads the vocabulary differently: not a mismatch.
-    assert check_tokenizer(_fake_checkpoint(tmp_path / "d", {**ours, "padded_vocab_size": 8192}), 5, ours) == []
+    assert (
+        check_tokenizer(_fake_checkpoint(tmp_path / "d", {**ours, "padded_vocab_size": 8192}), 5, ours) == []
+    )
     assert check_tokenizer(str(tmp_path / "none"), None, ours) == []
 
 
