@@ -320,3 +320,25 @@ def test_interactive_prompts_from_stdin(ckpt, capfd, tmp_path):
     assert run_distributed(_cli_body, 1, argv) == [0]
     expected = [json.loads(x)["completion"] for x in out.read_text().splitlines()]
     assert printed == "".join(c + "\n" for c in expected)  # one completion per non-empty line typed
+
+
+def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused(ckpt, tmp_path, capfd):
+    """The checkpoint records its tokenizer's vocabulary size and pause id; generating with another
+    tokenizer (a wrong --tokenizer-model) would read the wrong embedding rows, so it is refused."""
+    import shutil
+
+    from megatron_pause.training.checkpoint import CONFIG_FILE, iteration_dir, latest_iteration
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    meta_path = os.path.join(iteration_dir(str(copy), latest_iteration(str(copy))), CONFIG_FILE)
+    meta = json.loads(open(meta_path).read())
+    meta["vocab"] = {"vocab_size": 123, "padded_vocab_size": 128, "pause_id": 122, "tokenizer": "other"}
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    argv = ["--load", str(copy), "--prompt", "The cat", "--max-new-tokens", "2",
+            "--output-file", str(tmp_path / "out.jsonl")]  # fmt: skip
+    assert run_distributed(_cli_body, 1, argv) == [2]
+    err = capfd.readouterr().err
+    assert "the tokenizer does not fit" in err and "pause id: checkpoint 122" in err
+    assert not (tmp_path / "out.jsonl").exists()

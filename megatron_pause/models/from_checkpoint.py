@@ -83,6 +83,7 @@ class LoadedModel:
 def build_model_from_checkpoint(cfg: PretrainConfig, iteration: int | None = None) -> LoadedModel:
     """Tokenizer and this rank's model stage with the weights of ``cfg.checkpoint.load``, in eval
     mode. Process groups must exist (:func:`megatron_pause.distributed.init_distributed`)."""
+    from megatron_pause.checkpoint_args import check_tokenizer, vocab_record
     from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.tokenizer import build_tokenizer
     from megatron_pause.training.checkpoint import CheckpointError, load_checkpoint
@@ -93,6 +94,9 @@ def build_model_from_checkpoint(cfg: PretrainConfig, iteration: int | None = Non
     padded = tokenizer.padded_vocab_size(
         cfg.model.make_vocab_size_divisible_by, cfg.parallel.tensor_model_parallel_size
     )
+    # A tokenizer given on the command line (a moved file) must still be the one the checkpoint was
+    # trained with: another vocabulary or pause id would read the wrong embedding rows (ConfigError).
+    check_tokenizer(cfg.checkpoint.load, iteration, vocab_record(tokenizer, padded))
     tcfg = transformer_config(cfg.model, cfg.parallel, cfg.precision, cfg.training)
     (model,) = build_model_chunks(cfg.model, tcfg, padded)
     loaded = load_checkpoint(cfg.checkpoint.load, [model], load_rng=False, iteration=iteration)
