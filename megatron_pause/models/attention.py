@@ -82,15 +82,8 @@ class SDPAttention(MegatronModule):
         if not causal and attention_mask is not None:
             # megatron masks are True where attention is *forbidden*.
             mask = ~attention_mask
-        dropout_p = self.dropout_p if self.training else 0.0
         gqa = self.heads_per_partition != self.groups_per_partition
-        # Dropout must draw from the model-parallel RNG stream so that each TP
-        # rank drops different heads, as megatron's own attention does.
-        ctx = (
-            tensor_parallel.get_cuda_rng_tracker().fork()
-            if dropout_p > 0 and not self.config.sequence_parallel
-            else _null()
-        )
+        dropout_p, ctx = self._dropout()
         with ctx:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and sq > 1,
@@ -98,6 +91,15 @@ class SDPAttention(MegatronModule):
             )  # fmt: skip
         # [b, h, s, d] -> [s, b, h * d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
+
+    def _dropout(self):
+        """This step's dropout probability and the RNG context to draw it in: dropout must draw
+        from the model-parallel RNG stream so that each TP rank drops different heads, as
+        megatron's own attention does."""
+        dropout_p = self.dropout_p if self.training else 0.0
+        if dropout_p > 0 and not self.config.sequence_parallel:
+            return dropout_p, tensor_parallel.get_cuda_rng_tracker().fork()
+        return dropout_p, _null()
 
     def _packed(self, query, key, value, packed_seq_params) -> torch.Tensor:
         """``thd`` inputs ``[t, h, d]``: causal attention within each ``cu_seqlens`` segment only."""
@@ -117,12 +119,7 @@ class SDPAttention(MegatronModule):
         allowed = (segment[:, None] == segment[None, :]) & (pos[None, :] <= pos[:, None])
         # [t, h, d] -> [1, h, t, d]
         q, k, v = (x.permute(1, 0, 2).unsqueeze(0) for x in (query, key, value))
-        dropout_p = self.dropout_p if self.training else 0.0
-        ctx = (
-            tensor_parallel.get_cuda_rng_tracker().fork()
-            if dropout_p > 0 and not self.config.sequence_parallel
-            else _null()
-        )
+        dropout_p, ctx = self._dropout()
         with ctx:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=self.softmax_scale,
