@@ -82,6 +82,10 @@ if ((${#DATA_TOKENS[@]})); then ARGS+=(--data-path "${DATA_TOKENS[@]}"); fi
 if [[ -n "$TOKENIZER_MODEL" ]]; then ARGS+=(--tokenizer-model "$TOKENIZER_MODEL"); fi
 if [[ -n "$TENSORBOARD_DIR" ]]; then ARGS+=(--tensorboard-dir "$TENSORBOARD_DIR"); fi
 if [[ -n "$METRICS_FILE" ]]; then ARGS+=(--metrics-file "$METRICS_FILE"); fi
+# A stage of an experiment (megatron_pause.experiment) brings its whole command line, one
+# argument per line, and its entry point in ENTRY_MODULE; the environment, launch and requeue
+# below stay the same.
+if [[ -n "${STAGE_ARGS_FILE:-}" ]]; then mapfile -t ARGS < "$STAGE_ARGS_FILE"; fi
 ARGS+=(${PRECISION[@]+"${PRECISION[@]}"} ${OPTIMIZER_SHARDING[@]+"${OPTIMIZER_SHARDING[@]}"})
 ARGS+=(${EXTRA[@]+"${EXTRA[@]}"})
 
@@ -131,10 +135,11 @@ on_time_limit() {
 trap on_time_limit USR1
 
 echo "[$(date -Is)] job ${SLURM_JOB_ID:-?} on ${SLURM_JOB_NUM_NODES:-?} node(s), restart ${SLURM_RESTART_COUNT:-0}; MASTER_ADDR=$MASTER_ADDR"
-printf '+ srun'; printf ' %q' "${SRUN_ARGS[@]}" "$PYTHON" -m megatron_pause.pretrain "${ARGS[@]}"; printf '\n'
+ENTRY_MODULE="${ENTRY_MODULE:-megatron_pause.pretrain}"
+printf '+ srun'; printf ' %q' "${SRUN_ARGS[@]}" "$PYTHON" -m "$ENTRY_MODULE" "${ARGS[@]}"; printf '\n'
 # srun runs in the background so that this shell can take the USR1 trap while it waits
 # (bash runs traps only between commands); srun forwards our SIGTERM to every task.
-srun "${SRUN_ARGS[@]}" "$PYTHON" -m megatron_pause.pretrain "${ARGS[@]}" &
+srun "${SRUN_ARGS[@]}" "$PYTHON" -m "$ENTRY_MODULE" "${ARGS[@]}" &
 SRUN_PID=$!
 # `wait` returns early whenever a trapped signal arrives: keep waiting while srun is alive.
 while kill -0 "$SRUN_PID" 2>/dev/null; do

@@ -92,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from megatron_pause.experiment.slurm import SlurmError, submit_plan
 
         try:
-            jobs = submit_plan(plan, args.spec, dry_run=args.dry_run)
+            jobs = submit_plan(
+                plan,
+                args.spec,
+                dry_run=args.dry_run,
+                report_args=["--seeds", args.seeds] if args.seeds else [],
+            )
         except SlurmError as e:
             print(f"megatron_pause.experiment: {e}", file=sys.stderr)
             return 1

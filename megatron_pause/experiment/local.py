@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +106,11 @@ class LocalLauncher:
         log.write(f"+ {' '.join(stage.argv)}\n")
         log.flush()
         proc = subprocess.Popen(
-            stage.argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(), preexec_fn=_die_with_parent
+            stage.command(sys.executable),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+            preexec_fn=_die_with_parent,
         )
         return _Running(stage, proc, time.monotonic(), log)
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +25,7 @@ from megatron_pause.experiment import commands
 from megatron_pause.experiment.spec import ExperimentSpec, variant_parts
 
 MARKER = ".complete.json"
+PYTHON = "{python}"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -49,6 +49,10 @@ class Stage:
     @property
     def log(self) -> str:
         return os.path.join(self.dir, "log.txt")
+
+    def command(self, python: str) -> list[str]:
+        """The command line to execute, with the interpreter filled in."""
+        return [a.replace(PYTHON, python) for a in self.argv]
 
     def is_complete(self) -> bool:
         try:
@@ -92,7 +96,9 @@ class Plan:
 
 
 def _fill(template: str, out: str, seed: int | None = None) -> str:
-    values = {"out": out, "repo": REPO, "python": sys.executable}
+    # {python} stays a placeholder until launch: the local launcher runs the driver's own
+    # interpreter, a Slurm job the cluster's; the fingerprint must not depend on which.
+    values = {"out": out, "repo": REPO, "python": PYTHON}
     if seed is not None:
         values["seed"] = str(seed)
     try:

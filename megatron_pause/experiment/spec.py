@@ -236,6 +236,8 @@ class _Reader:
                 self.problems.append(f"{self.key(name)} is required")
             return default
         value = self.data[name]
+        if value is None and default is None and not required:
+            return None  # an optional key written as null
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
