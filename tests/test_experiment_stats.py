@@ -88,3 +88,41 @@ def test_verdicts():
     assert stats.verdict(stats.Interval(-2.0, -3.5, -0.5, 8, 1.0)) == "loss"
     assert stats.verdict(stats.Interval(0.3, -1.2, 1.8, 8, 1.0)) == "null, bounded by [-1.20, +1.80]"
     assert stats.verdict(stats.mean_interval([1.0])).startswith("undetermined")
+
+
+def _rows(variant: str, m: int, values: dict[int, float], flops: float, task: str = "t") -> list[dict]:
+    return [
+        {"variant": variant, "seed": s, "task": task, "finetune_pauses": m, "inference_pauses": m,
+         "metrics": {"em": v}, "checkpoint": "c", "train_flops": flops, "pretrain_flops": flops / 2,
+         "finetune_flops": flops / 2}
+        for s, v in values.items()
+    ]  # fmt: skip
+
+
+def test_report_on_a_hand_computed_fixture(tmp_path):
+    from megatron_pause.experiment.report import render, write_report
+    from megatron_pause.experiment.spec import PrimarySpec
+
+    # Fractions are reported as percentages. Baseline 60, 62, 64 -> mean 62, sd 2, half width
+    # t(0.975, 2) * 2 / sqrt(3) = 4.97. Pause arm 61, 65, 66 -> paired differences 1, 3, 2 ->
+    # mean 2, sd 1, half width 2.48: [-0.48, +4.48], a null; 3/3 seeds positive.
+    rows = _rows("StdPT_StdFT", 0, {0: 0.60, 1: 0.62, 2: 0.64}, 100.0)
+    rows += _rows("PausePT_PauseFT", 16, {2: 0.66, 0: 0.61, 1: 0.65}, 180.0)
+    # Seed 3 has no baseline: it counts for its own mean but not for the paired difference.
+    rows += _rows("StdPT_PauseFT", 16, {0: 0.62, 1: 0.65, 2: 0.67, 3: 0.99}, 150.0)
+    primary = PrimarySpec(task="t", variant="PausePT_PauseFT", finetune_pauses=16)
+    text = render(rows, primary, "em", "fixture")
+    assert text.splitlines()[2] == (
+        "**Verdict: null, bounded by [-0.48, +4.48].** PausePT_PauseFT (M_ft=16, M_inf=16) − StdPT_StdFT on t: "
+        "+2.00 em points, 95% CI [-0.48, +4.48], 3/3 seeds positive (paired by seed, n=3)."
+    )
+    assert "| StdPT_StdFT | 0 | 0 | 3 | 62.00 | [57.03, 66.97] |" in text
+    # StdPT_PauseFT: diffs 2, 3, 3 -> mean 2.67, sd 0.577, half width 1.43: [+1.23, +4.10], a gain.
+    assert (
+        "| StdPT_PauseFT (M_ft=16, M_inf=16) | 3 | +2.67 | [+1.23, +4.10] | 3/3 seeds positive | gain |"
+        in text
+    )
+    assert "| t | PausePT_PauseFT | 16 | 90 | 90 | 180 | 1.80 |" in text
+    path = write_report(rows, primary, "em", "fixture", str(tmp_path))
+    assert open(path).read().startswith("# fixture")
+    assert (tmp_path / "plot_variants.png").stat().st_size > 1000

@@ -1,5 +1,6 @@
-"""The synthetic late-threshold-count suite: correct answers, fixed bytes, and the ordinary
-pipeline (tokenizer folder -> preprocess_data.py -> pretrain) accepting it unchanged."""
+"""The synthetic late-threshold-count suite: correct answers, fixed bytes, a tokenizer folder the
+project's tokenizer loads. Preprocessing and pretraining on it run in tests/test_experiment_smoke.py,
+through the experiment driver."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import numpy as np
 import pytest
 
 from megatron_pause.data import synthetic_task as st
-from megatron_pause.testing import run_distributed
-from megatron_pause.training.checkpoint import checkpoint_config, latest_iteration
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = [
@@ -133,37 +132,3 @@ def test_tokenizer_folder_is_word_level_with_pause_and_eod(suite):
     assert len(ids) == 20 and tok.eod not in ids and tok.pause_id not in ids
     assert tok.detokenize(ids) == f"{rec['prompt']} {rec['answer']}"
     assert np.unique(ids[:16]).size == len(set(rec["prompt"].split()[:16]))
-
-
-def _pretrain_main(rank: int, world: int, argv: list[str]) -> int:
-    from megatron_pause.pretrain import main
-
-    return main(argv)
-
-
-def test_preprocess_and_pretrain_run_on_the_suite(suite, tmp_path):
-    tok = str(suite / "tokenizer")
-    prefix = tmp_path / "pt"
-    subprocess.run(
-        [sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(suite / "pretrain.jsonl"),
-         "--output-prefix", str(prefix), "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok,
-         "--append-eod", "--workers", "1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
-    argv = [
-        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2", "--ffn-hidden-size", "88",
-        "--rotary-base", "100", "--seq-length", "64", "--make-vocab-size-divisible-by", "8",
-        "--data-path", f"{prefix}_text_document", "--tokenizer-type", "HuggingFaceTokenizer",
-        "--tokenizer-model", tok, "--micro-batch-size", "8", "--global-batch-size", "8", "--train-iters", "4",
-        "--lr", "2e-3", "--pause-fraction", "0.1", "--split", "1,0,0", "--eval-iters", "0",
-        "--save", str(ckpt), "--save-interval", "4", "--metrics-file", str(metrics),
-    ]  # fmt: skip
-    assert run_distributed(_pretrain_main, 1, argv, timeout=300) == [0]
-    assert latest_iteration(str(ckpt)) == 4
-    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
-    assert [r["iteration"] for r in lines] == [1, 2, 3, 4]
-    assert all(np.isfinite(r["lm_loss"]) for r in lines)
-    assert sum(r["pause_tokens"] for r in lines) > 0  # the tokenizer's own <pause> piece was inserted
-    cfg = checkpoint_config(str(ckpt), 4)["config"]
-    assert cfg["tokenizer"]["tokenizer_type"] == "HuggingFaceTokenizer" and cfg["model"]["rotary_base"] == 100
