@@ -235,3 +235,28 @@ def test_a_changed_stage_reruns_with_everything_downstream(tmp_path):
     assert _run(spec, out, log).returncode == 0
     kinds = [line.split()[0] for line in invocations(log)]
     assert "pretrain" not in kinds and kinds.count("finetune") == kinds.count("evaluate") == 4
+
+
+def test_unreadable_evaluation_results_are_reported_not_fatal(tmp_path):
+    from megatron_pause.experiment.results import collect_rows
+
+    plan = build_plan(spec_from_dict(spec_dict(seeds="0", controls=False)), str(tmp_path))
+    stages = list(plan.stages.values())
+    for s in stages:
+        os.makedirs(os.path.dirname(s.outputs[0]), exist_ok=True)
+        Path(s.outputs[0]).write_text(
+            json.dumps({"results": [{"inference_pauses": m, "em": 0.5} for m in (0, 16)]})
+        )
+        s.mark_complete(0.0)
+    bad = plan.stages["evaluate/ltc/StdPT_StdFT_M0_seed0"]
+    Path(bad.outputs[0]).write_text("{not json")
+    partial = plan.stages["evaluate/ltc/PausePT_PauseFT_M16_seed0"]
+    Path(partial.outputs[0]).write_text(json.dumps({"16": {"em": 0.7}}))  # M_inf=0 absent
+    rows, missing = collect_rows(plan)
+    assert len(rows) == 2 + 1 + 1  # StdPT_PauseFT at M_inf 0 and 16, PausePT_StdFT, PausePT_PauseFT at 16
+    assert any(m.startswith("evaluate/ltc/StdPT_StdFT_M0_seed0 (unreadable results") for m in missing)
+    assert any("no results for M_inf=0" in m for m in missing)
+    assert {(r["variant"], r["inference_pauses"], r["metrics"]["em"]) for r in rows} >= {
+        ("PausePT_PauseFT", 16, 0.7)
+    }
+    assert all(r["train_flops"] is None for r in rows)  # the outputs are not checkpoints: FLOPs unknown

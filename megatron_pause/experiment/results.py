@@ -31,13 +31,19 @@ def collect_rows(plan: Plan) -> tuple[list[dict[str, Any]], list[str]]:
         if not ev.is_complete():
             missing.append(ev.id)
             continue
-        per_m = commands.read_evaluation(ev.outputs[0], metric)
+        try:
+            per_m = commands.read_evaluation(ev.outputs[0], metric)
+        except (commands.ResultsFormatError, ValueError, OSError) as e:
+            # Reported, not fatal: the other runs still make a report.
+            missing.append(f"{ev.id} (unreadable results: {e})")
+            continue
         ft = plan.stages[ev.info["finetune_stage"]]
         pt_flops, ft_flops = flops(ft.deps[0]), flops(ft.id)
         total = None if pt_flops is None or ft_flops is None else pt_flops + ft_flops
         for m in ev.info["inference_pauses"]:
             if m not in per_m:
-                raise commands.ResultsFormatError(f"{ev.outputs[0]}: no results for M_inf={m}")
+                missing.append(f"{ev.id} (no results for M_inf={m} in {ev.outputs[0]})")
+                continue
             rows.append(
                 {
                     "variant": ev.info["variant"],

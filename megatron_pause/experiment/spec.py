@@ -377,6 +377,11 @@ def spec_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentSp
         problems.append(f"primary.task: unknown task {primary.task!r}")
     if primary.variant not in VARIANTS or primary.variant == BASELINE:
         problems.append(f"primary.variant must be one of {list(VARIANTS[1:])}, got {primary.variant!r}")
+    elif variant_parts(primary.variant)[1] != (primary.finetune_pauses > 0):
+        problems.append(
+            f"primary.finetune_pauses={primary.finetune_pauses} does not fit {primary.variant} "
+            "(PauseFT variants finetune with M >= 1 pauses, StdFT variants with 0)"
+        )
 
     la = r.sub("launcher")
     launcher = LauncherSpec(
