@@ -76,7 +76,12 @@ def main() -> int:
         write_checkpoint(out, argv, tokens=100 * (1 + int(flag(argv, "--finetune-pauses", "0"))))
     else:
         ms = [int(m) for m in flag(argv, "--inference-pauses").split(",")]
-        results = {"results": [{"inference_pauses": m, "em": score(load, m), "count": 100} for m in ms]}
+        # megatron_pause.evaluate's shape: per checkpoint, per M, metrics in percent.
+        per_m = {str(m): {"em": 100 * score(load, m), "f1": 100 * score(load, m), "count": 100} for m in ms}
+        results = {"task": flag(argv, "--task"), "inference_pauses": ms, "metrics": ["em", "f1"],
+                   "metric_scale": "percent (per-example scores in P are 0..1)",
+                   "checkpoints": [{"load": load, "iteration": 1, "results": per_m}],
+                   "aggregate": {str(m): {"em": {"mean": v["em"], "ci95": None}} for m, v in per_m.items()}}  # fmt: skip
         path = flag(argv, "--results-file")
         with open(path + ".tmp", "w") as f:
             json.dump(results, f)

@@ -252,7 +252,8 @@ def test_unreadable_evaluation_results_are_reported_not_fatal(tmp_path):
     Path(bad.outputs[0]).write_text("{not json")
     partial = plan.stages["evaluate/ltc/PausePT_PauseFT_M16_seed0"]
     Path(partial.outputs[0]).write_text(json.dumps({"16": {"em": 0.7}}))  # M_inf=0 absent
-    rows, missing = collect_rows(plan)
+    rows, missing, unit = collect_rows(plan)
+    assert unit is None  # these files do not say
     assert len(rows) == 2 + 1 + 1  # StdPT_PauseFT at M_inf 0 and 16, PausePT_StdFT, PausePT_PauseFT at 16
     assert any(m.startswith("evaluate/ltc/StdPT_StdFT_M0_seed0 (unreadable results") for m in missing)
     assert any("no results for M_inf=0" in m for m in missing)

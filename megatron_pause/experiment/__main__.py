@@ -53,10 +53,9 @@ def _summarize(plan) -> int:
     from megatron_pause.experiment.report import write_report
     from megatron_pause.experiment.results import write_results
 
-    path, rows, missing = write_results(plan)
-    report = write_report(
-        rows, plan.spec.primary, plan.spec.evaluate.metric, plan.spec.name, plan.out, missing
-    )
+    path, rows, missing, unit = write_results(plan)
+    spec = plan.spec
+    report = write_report(rows, spec.primary, spec.evaluate.metric, spec.name, plan.out, missing, unit)
     print(f"wrote {path} ({len(rows)} rows, {len(missing)} evaluations missing) and {report}")
     with open(report) as f:
         verdict = next((line for line in f if line.startswith("**Verdict")), "")

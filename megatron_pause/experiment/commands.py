@@ -110,27 +110,26 @@ class ResultsFormatError(ValueError):
     pass
 
 
-def _metric_dicts(node: Any, found: dict[int, dict[str, Any]]) -> None:
-    """Collect per-M metrics from an evaluation results file.
+def _numbers(d: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
-    Accepted shapes (the evaluation entry point's, and two obvious variants of it): a list or
-    mapping of records that carry ``"inference_pauses": M`` next to their metrics, or a mapping
-    from ``"M"`` to a metrics mapping; nested anywhere (e.g. under ``"results"`` or a checkpoint).
-    """
+
+def _metric_dicts(node: Any, found: dict[int, dict[str, Any]]) -> None:
+    """Collect per-M metrics from an evaluation results file of another shape: records carrying
+    ``"inference_pauses": M`` next to their metrics, or mappings from ``"M"`` to metrics, nested
+    anywhere. The first record found for an M wins; mappings without numbers (aggregates of
+    intervals) are skipped."""
     if isinstance(node, dict):
         m = node.get("inference_pauses")
         if isinstance(m, int) and not isinstance(m, bool):
-            metrics = node.get("metrics", node)
-            found[m] = {
-                k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-            found[m].pop("inference_pauses", None)
+            metrics = _numbers(node.get("metrics", node))
+            metrics.pop("inference_pauses", None)
+            if metrics:
+                found.setdefault(m, metrics)
             return
         for key, value in node.items():
-            if isinstance(key, str) and key.isdigit() and isinstance(value, dict):
-                found[int(key)] = {
-                    k: v for k, v in value.get("metrics", value).items() if isinstance(v, int | float)
-                }
+            if isinstance(key, str) and key.isdigit() and isinstance(value, dict) and _numbers(value):
+                found.setdefault(int(key), _numbers(value))
             else:
                 _metric_dicts(value, found)
     elif isinstance(node, list):
@@ -138,18 +137,30 @@ def _metric_dicts(node: Any, found: dict[int, dict[str, Any]]) -> None:
             _metric_dicts(item, found)
 
 
-def read_evaluation(path: str, metric: str) -> dict[int, dict[str, float]]:
-    """``{M_inf: {metric: value, ...}}`` from one evaluation results file."""
+def read_evaluation(path: str, metric: str) -> tuple[dict[int, dict[str, float]], str | None]:
+    """``({M_inf: {metric: value, ...}}, unit)`` from one evaluation results file.
+
+    ``megatron_pause.evaluate`` writes ``{"checkpoints": [{"load", "results": {"M": {metrics,
+    "count"}}}], "metric_scale": "percent ...", "aggregate": ...}``; the driver passes it one
+    checkpoint. ``unit`` is "percent" when the file says so, else None (unknown).
+    """
     with open(path) as f:
         data = json.load(f)
     found: dict[int, dict[str, Any]] = {}
-    _metric_dicts(data, found)
+    checkpoints = data.get("checkpoints") if isinstance(data, dict) else None
+    if isinstance(checkpoints, list) and checkpoints and isinstance(checkpoints[0], dict):
+        for m, metrics in checkpoints[0].get("results", {}).items():
+            if str(m).isdigit() and isinstance(metrics, dict):
+                found[int(m)] = _numbers(metrics)
+    else:
+        _metric_dicts(data, found)
     if not found:
         raise ResultsFormatError(f"{path}: no per-inference-pauses metrics found")
     missing = sorted(m for m, metrics in found.items() if metric not in metrics)
     if missing:
         raise ResultsFormatError(f"{path}: metric {metric!r} missing for M_inf {missing}")
-    return found
+    scale = data.get("metric_scale", "") if isinstance(data, dict) else ""
+    return found, "percent" if isinstance(scale, str) and scale.startswith("percent") else None
 
 
 def checkpoint_metadata(root: str) -> dict[str, Any]:

@@ -33,8 +33,12 @@ def by_condition(rows: Sequence[dict[str, Any]], metric: str) -> dict[Condition,
     return dict(sorted(table.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], kv[0][2], kv[0][3])))
 
 
-def metric_scale(rows: Sequence[dict[str, Any]], metric: str) -> float:
-    """Report fractions as percentages (differences then read as points)."""
+def metric_scale(rows: Sequence[dict[str, Any]], metric: str, unit: str | None = None) -> float:
+    """Report fractions as percentages (differences then read as points). Values already in
+    percent (the evaluation entry point's unit) stay; of unknown unit, values all within [0, 1]
+    are taken as fractions."""
+    if unit == "percent":
+        return 1.0
     values = [float(r["metrics"][metric]) for r in rows]
     return 100.0 if values and all(0.0 <= v <= 1.0 for v in values) else 1.0
 
@@ -86,7 +90,7 @@ def paired(table: dict[Condition, dict[int, float]], cond: Condition, scale: flo
 
 
 def verdict_line(
-    table: dict[Condition, dict[int, float]], primary: PrimarySpec, metric: str, scale: float
+    table: dict[Condition, dict[int, float]], primary: PrimarySpec, metric: str, scale: float, percent: bool
 ) -> str:
     cond = primary_condition(primary)
     p = paired(table, cond, scale)
@@ -94,7 +98,7 @@ def verdict_line(
     if p is None:
         return f"**Verdict:** not available: no seed has both {_label(cond)} and {BASELINE} results on {cond[0]}."
     iv = p["interval"]
-    unit = " points" if scale == 100.0 else ""
+    unit = " points" if percent else ""
     return (
         f"**Verdict: {p['verdict']}.** {subject}: {iv.mean:+.2f} {metric}{unit}, 95% CI {_ci(iv, True)}, "
         f"{p['signs']} (paired by seed, n={iv.n})."
@@ -108,13 +112,15 @@ def render(
     name: str,
     missing: Sequence[str] = (),
     plots: Sequence[str] = (),
+    metric_unit: str | None = None,
 ) -> str:
     if not rows:
         return f"# {name}\n\nNo evaluated runs yet ({len(missing)} evaluations missing).\n"
-    scale = metric_scale(rows, metric)
+    scale = metric_scale(rows, metric, metric_unit)
     table = by_condition(rows, metric)
-    unit = " (%)" if scale == 100.0 else ""
-    lines = [f"# {name}", "", verdict_line(table, primary, metric, scale), ""]
+    percent = scale == 100.0 or metric_unit == "percent"
+    unit = " (%)" if percent else ""
+    lines = [f"# {name}", "", verdict_line(table, primary, metric, scale, percent), ""]
     if missing:
         lines += [f"*Incomplete: {len(missing)} evaluation(s) missing; statistics use the runs present.*", ""]
     for task in dict.fromkeys(c[0] for c in table):
@@ -189,7 +195,13 @@ def render(
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[dict[str, Any]], primary: PrimarySpec, metric: str, out_dir: str) -> list[str]:
+def plot(
+    rows: Sequence[dict[str, Any]],
+    primary: PrimarySpec,
+    metric: str,
+    out_dir: str,
+    metric_unit: str | None = None,
+) -> list[str]:
     """Two PNGs: metric per condition with 95% intervals (primary task), and metric vs M_inf."""
     if not rows:
         return []
@@ -198,11 +210,11 @@ def plot(rows: Sequence[dict[str, Any]], primary: PrimarySpec, metric: str, out_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scale = metric_scale(rows, metric)
+    scale = metric_scale(rows, metric, metric_unit)
     table = by_condition(rows, metric)
     task = primary.task if any(c[0] == primary.task for c in table) else next(iter(table))[0]
     conds = [c for c in table if c[0] == task]
-    ylabel = f"{metric} (%)" if scale == 100.0 else metric
+    ylabel = f"{metric} (%)" if scale == 100.0 or metric_unit == "percent" else metric
     paths = []
 
     def interval(c: Condition) -> tuple[float, float]:
@@ -250,12 +262,13 @@ def write_report(
     name: str,
     out_dir: str,
     missing: Sequence[str] = (),
+    metric_unit: str | None = None,
 ) -> str:
     try:
-        plots = plot(rows, primary, metric, out_dir)
+        plots = plot(rows, primary, metric, out_dir, metric_unit)
     except ImportError:
         plots = []  # matplotlib is an optional extra; the report stands without plots
-    text = render(rows, primary, metric, name, missing, plots)
+    text = render(rows, primary, metric, name, missing, plots, metric_unit)
     path = os.path.join(out_dir, "report.md")
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:

@@ -16,8 +16,9 @@ from megatron_pause.experiment.plan import Plan
 ROW_ORDER = ("task", "variant", "finetune_pauses", "inference_pauses", "seed")
 
 
-def collect_rows(plan: Plan) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows of every complete evaluation, and the ids of evaluations not (yet) complete."""
+def collect_rows(plan: Plan) -> tuple[list[dict[str, Any]], list[str], str | None]:
+    """Rows of every complete evaluation, the evaluations not (yet) complete or readable, and
+    the metrics' unit ("percent" when every results file says so, else None)."""
     metric = plan.spec.evaluate.metric
     flops_cache: dict[str, float | None] = {}
 
@@ -26,17 +27,18 @@ def collect_rows(plan: Plan) -> tuple[list[dict[str, Any]], list[str]]:
             flops_cache[stage_id] = commands.train_flops(plan.stages[stage_id].dir)
         return flops_cache[stage_id]
 
-    rows, missing = [], []
+    rows, missing, units = [], [], set()
     for ev in plan.by_kind("evaluate"):
         if not ev.is_complete():
             missing.append(ev.id)
             continue
         try:
-            per_m = commands.read_evaluation(ev.outputs[0], metric)
+            per_m, unit = commands.read_evaluation(ev.outputs[0], metric)
         except (commands.ResultsFormatError, ValueError, OSError) as e:
             # Reported, not fatal: the other runs still make a report.
             missing.append(f"{ev.id} (unreadable results: {e})")
             continue
+        units.add(unit)
         ft = plan.stages[ev.info["finetune_stage"]]
         pt_flops, ft_flops = flops(ft.deps[0]), flops(ft.id)
         total = None if pt_flops is None or ft_flops is None else pt_flops + ft_flops
@@ -59,7 +61,7 @@ def collect_rows(plan: Plan) -> tuple[list[dict[str, Any]], list[str]]:
                 }
             )
     rows.sort(key=lambda r: tuple(r[k] for k in ROW_ORDER))
-    return rows, missing
+    return rows, missing, units.pop() if len(units) == 1 else None
 
 
 def write_json(path: str, data: Any) -> None:
@@ -70,11 +72,9 @@ def write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_results(plan: Plan) -> tuple[str, list[dict[str, Any]], list[str]]:
-    rows, missing = collect_rows(plan)
+def write_results(plan: Plan) -> tuple[str, list[dict[str, Any]], list[str], str | None]:
+    rows, missing, unit = collect_rows(plan)
     path = os.path.join(plan.out, "results.json")
-    write_json(
-        path,
-        {"experiment": plan.spec.name, "metric": plan.spec.evaluate.metric, "runs": rows, "missing": missing},
-    )
-    return path, rows, missing
+    data = {"experiment": plan.spec.name, "metric": plan.spec.evaluate.metric, "metric_unit": unit}
+    write_json(path, {**data, "runs": rows, "missing": missing})
+    return path, rows, missing, unit
