@@ -1,7 +1,9 @@
-# Shared body of the Slurm pause-pretraining jobs (examples/pretrain_pause_1b.sh,
-# examples/pretrain_pause_130m.sh): environment, rendezvous, command line, container, launch and
+# Shared body of the Slurm pause jobs (examples/pretrain_pause_1b.sh, examples/pretrain_pause_130m.sh,
+# examples/finetune_pause_1b.sh): environment, rendezvous, command line, container, launch and
 # requeue. Sourced, not run: the job script sets its #SBATCH header, the path and layout
-# variables and MODEL_ARGS (model preset and learning rate) first.
+# variables and MODEL_ARGS (model preset and learning rate) first. A job other than pretraining
+# also sets ENTRY_MODULE (the python -m module), DATA_FLAG (the flag DATA_PATH goes to) and
+# TASK_ARGS (its own flags, appended after the shared ones below, so they override them).
 # shellcheck shell=bash
 # shellcheck disable=SC2154  # the variables come from the sourcing job script
 
@@ -49,6 +51,16 @@ read -r -a DATA_TOKENS <<< "$DATA_PATH"
 read -r -a PRECISION <<< "$PRECISION_ARGS"
 read -r -a OPTIMIZER_SHARDING <<< "$OPTIMIZER_SHARDING_ARGS"
 read -r -a EXTRA <<< "$EXTRA_ARGS"
+: "${ENTRY_MODULE:=megatron_pause.pretrain}"
+: "${DATA_FLAG:=--data-path}"
+if ! declare -p TASK_ARGS >/dev/null 2>&1; then
+    TASK_ARGS=(
+        # Pause tokens: 10% of the context inserted at random positions, as in the paper.
+        --pause-fraction 0.1
+        --split "969,30,1"
+        --num-workers 2
+    )
+fi
 
 ARGS=(
     # The model and its learning rate come from the sourcing script.
@@ -64,12 +76,8 @@ ARGS=(
     --adam-beta2 0.95
     --clip-grad 1.0
     --seed 1234
-    # Pause tokens: 10% of the context inserted at random positions, as in the paper.
-    --pause-fraction 0.1
     --pause-token "<pause>"
     --tokenizer-type SentencePieceTokenizer
-    --split "969,30,1"
-    --num-workers 2
     # Resumable: load from where we save.
     --save "$CHECKPOINT_DIR"
     --load "$CHECKPOINT_DIR"
@@ -77,8 +85,9 @@ ARGS=(
     --log-interval 10
     --eval-interval 1000
     --eval-iters 20
+    "${TASK_ARGS[@]}"
 )
-if ((${#DATA_TOKENS[@]})); then ARGS+=(--data-path "${DATA_TOKENS[@]}"); fi
+if ((${#DATA_TOKENS[@]})); then ARGS+=("$DATA_FLAG" "${DATA_TOKENS[@]}"); fi
 if [[ -n "$TOKENIZER_MODEL" ]]; then ARGS+=(--tokenizer-model "$TOKENIZER_MODEL"); fi
 if [[ -n "$TENSORBOARD_DIR" ]]; then ARGS+=(--tensorboard-dir "$TENSORBOARD_DIR"); fi
 if [[ -n "$METRICS_FILE" ]]; then ARGS+=(--metrics-file "$METRICS_FILE"); fi
@@ -122,7 +131,8 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # Launch: one task per GPU (the allocation's --ntasks-per-node), each `python -m
-# megatron_pause.pretrain`; requeue if the time limit is what stopped us.
+# $ENTRY_MODULE` (megatron_pause.pretrain unless the job says otherwise); requeue if the time
+# limit is what stopped us.
 # ---------------------------------------------------------------------------------------------
 REQUEUE=0
 SRUN_PID=
@@ -135,7 +145,6 @@ on_time_limit() {
 trap on_time_limit USR1
 
 echo "[$(date -Is)] job ${SLURM_JOB_ID:-?} on ${SLURM_JOB_NUM_NODES:-?} node(s), restart ${SLURM_RESTART_COUNT:-0}; MASTER_ADDR=$MASTER_ADDR"
-ENTRY_MODULE="${ENTRY_MODULE:-megatron_pause.pretrain}"
 printf '+ srun'; printf ' %q' "${SRUN_ARGS[@]}" "$PYTHON" -m "$ENTRY_MODULE" "${ARGS[@]}"; printf '\n'
 # srun runs in the background so that this shell can take the USR1 trap while it waits
 # (bash runs traps only between commands); srun forwards our SIGTERM to every task.
