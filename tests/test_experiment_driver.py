@@ -261,3 +261,12 @@ def test_unreadable_evaluation_results_are_reported_not_fatal(tmp_path):
         ("PausePT_PauseFT", 16, 0.7)
     }
     assert all(r["train_flops"] is None for r in rows)  # the outputs are not checkpoints: FLOPs unknown
+
+
+def test_groups_option_selects_groups(tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(seeds="0"))
+    assert main(["plan", spec, "--out", str(tmp_path / "o"), "--groups", "main"]) == 0
+    listed = capsys.readouterr().out
+    assert "ltc_qfirst" not in listed and "M4_" not in listed and "PausePT_PauseFT_M16_seed0" in listed
+    assert main(["plan", spec, "--out", str(tmp_path / "o"), "--groups", "main,nope"]) == 2
+    assert "unknown group(s) ['nope']" in capsys.readouterr().err

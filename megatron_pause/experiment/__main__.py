@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("spec", help="experiment spec (.yaml or .toml)")
         s.add_argument("--out", help="output folder (default: experiments/<spec name>)")
         s.add_argument("--seeds", help="override the spec's seeds: 0-7 or 3,5")
+        s.add_argument("--groups", help="run only these groups of the spec (comma-separated names)")
         if name == "run":
             s.add_argument("--max-parallel", type=int, help="local runs side by side (default: the spec's)")
             s.add_argument("--threads-per-run", type=int, help="torch threads per local run")
@@ -45,6 +46,13 @@ def _load(args: argparse.Namespace) -> tuple[ExperimentSpec, str]:
     spec = load_spec(args.spec)
     if args.seeds:
         spec.seeds = parse_seeds(args.seeds)
+    if args.groups:
+        wanted = [g.strip() for g in args.groups.split(",") if g.strip()]
+        names = [g.name for g in spec.groups]
+        unknown = [g for g in wanted if g not in names]
+        if unknown:
+            raise ValueError(f"--groups: unknown group(s) {unknown}; the spec has {names}")
+        spec.groups = [g for g in spec.groups if g.name in wanted]
     out = args.out or os.path.join("experiments", spec.name)
     return spec, out
 
@@ -95,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plan,
                 args.spec,
                 dry_run=args.dry_run,
-                report_args=["--seeds", args.seeds] if args.seeds else [],
+                report_args=[
+                    *(["--seeds", args.seeds] if args.seeds else []),
+                    *(["--groups", args.groups] if args.groups else []),
+                ],
             )
         except SlurmError as e:
             print(f"megatron_pause.experiment: {e}", file=sys.stderr)
