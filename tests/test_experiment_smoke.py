@@ -6,7 +6,6 @@ are importable."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +18,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "examples" / "experiments" / "smoke.yaml"
 FAKE = str(Path(__file__).resolve().parent / "experiment_fake_stage.py")
-HAVE_STAGES = all(importlib.util.find_spec(f"megatron_pause.{m}") for m in ("finetune", "evaluate"))
+# Files of this checkout, not importability: an editable install of another checkout would supply
+# modules this one lacks.
+HAVE_STAGES = all((REPO / "megatron_pause" / f"{m}.py").is_file() for m in ("finetune", "evaluate"))
 
 
 def _run(spec: Path, out: Path) -> subprocess.CompletedProcess:
