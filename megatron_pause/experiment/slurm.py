@@ -220,6 +220,10 @@ def render_script(plan: Plan, job: Job, spec_path: str, report_args: list[str]) 
         'PRECISION_ARGS=""; OPTIMIZER_SHARDING_ARGS=""',
         ': "${MASTER_PORT:=$((6000 + ${SLURM_ARRAY_TASK_ID:-0} % 1000))}"',
         "SIGNAL_LEAD=180",
+        # The job body's TE/FP8 fast path (TE_FP8=1 on main) would add flags to every stage; a
+        # stage's precision is the spec's to choose (common_args), so it is off unless exported.
+        ': "${TE_FP8:=0}"',
+        "export TE_FP8",
         ': "${MAX_REQUEUES:=50}"',
         "MODEL_ARGS=()",
         "export STAGE_ARGS_FILE ENTRY_MODULE",
