@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from megatron_pause.experiment.plan import Plan, Stage
 
 _PR_SET_PDEATHSIG = 1
+_KIND_ORDER = {"prepare": 0, "pretrain": 1, "finetune": 2, "evaluate": 3}
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -157,7 +158,10 @@ class LocalLauncher:
                 for s in [s for s in pending if any(d in bad for d in s.deps)]:
                     pending.remove(s)
                     blocked.append(s.id)
-                for s in [s for s in pending if all(d in done for d in s.deps)]:
+                # Later stages first: a finished finetuning is evaluated before the next one starts,
+                # so results (and the report) fill in while the grid runs.
+                ready = [s for s in pending if all(d in done for d in s.deps)]
+                for s in sorted(ready, key=lambda s: -_KIND_ORDER.get(s.kind, 0)):
                     if len(running) >= self.max_parallel:
                         break
                     pending.remove(s)
