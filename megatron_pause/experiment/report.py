@@ -158,9 +158,11 @@ def render(
     lines += [
         "## Training FLOPs per arm",
         "",
-        "Model FLOPs (matmuls, forward + backward) of pretraining plus finetuning, mean over seeds. "
-        "The comparison above is at equal steps; pause arms process longer sequences per step, "
-        "so a gain at equal steps is not a gain at equal compute.",
+        "Model FLOPs (matmuls, forward + backward) of pretraining plus finetuning, mean over seeds, "
+        "from the tokens each run consumed. The comparison above is at equal steps: where a pause arm "
+        "processes more tokens per step (packed or unpadded batches) the ratio shows it, and an "
+        "equal-steps gain is then not an equal-compute gain; with batches padded to --seq-length "
+        "every arm costs the same per step.",
         "",
         "| task | variant | M_ft | pretraining | finetuning | total | × baseline |",
         "|---|---|---|---|---|---|---|",
