@@ -91,6 +91,10 @@ if ((${#DATA_TOKENS[@]})); then ARGS+=("$DATA_FLAG" "${DATA_TOKENS[@]}"); fi
 if [[ -n "$TOKENIZER_MODEL" ]]; then ARGS+=(--tokenizer-model "$TOKENIZER_MODEL"); fi
 if [[ -n "$TENSORBOARD_DIR" ]]; then ARGS+=(--tensorboard-dir "$TENSORBOARD_DIR"); fi
 if [[ -n "$METRICS_FILE" ]]; then ARGS+=(--metrics-file "$METRICS_FILE"); fi
+# A stage of an experiment (megatron_pause.experiment) brings its whole command line, one
+# argument per line, and its entry point in ENTRY_MODULE; the environment, launch and requeue
+# below stay the same.
+if [[ -n "${STAGE_ARGS_FILE:-}" ]]; then mapfile -t ARGS < "$STAGE_ARGS_FILE"; fi
 ARGS+=(${PRECISION[@]+"${PRECISION[@]}"} ${OPTIMIZER_SHARDING[@]+"${OPTIMIZER_SHARDING[@]}"})
 
 mkdir -p "$CHECKPOINT_DIR"
