@@ -13,7 +13,6 @@ import gzip
 import json
 import os
 import random
-import re
 
 import pytest
 
@@ -63,35 +62,40 @@ def _documents(n: int, seed: int = 1) -> list[str]:
     return out[:n]
 
 
-# The one documented difference (megatron_pause/conversion/hf_tokenizer.py): a literal control
-# token forming a whole segment right after a literal <pause>.
-_KNOWN = re.compile(r"<pause>(?:<unk>|<s>|</s>|<pad>)(?=<pause>|$)")
+# Literal reserved-piece text as a whole segment: right after a "<pause>", up to the next pause or
+# the end. SentencePiece encodes it as plain text; the exported BPE would look it up whole.
+_AFTER_PAUSE = ["<pause><unk>", "<pause><s><pause>", "x<pause></s>", "<pause><pad><pause>y", "<pause><0x41>",
+                "<pause><0xFF><pause>", " <pause> <unk>", "<pause><unk", "<pause>unk>", "<pause>", ""]  # fmt: skip
 
 
-def _check_identical(project, hf, texts: list[str]) -> int:
-    """Assert identical ids (except the known case); return how many texts hit the known case."""
+def _check_identical(project, hf, texts: list[str]) -> None:
+    """Assert identical ids on every text and that decoding matches SentencePiece's."""
     want = project.tokenize_batch(texts)
     got = hf(texts)["input_ids"]  # default call: the tokenizer's own special-token policy
     mismatches = [(t, w, g) for t, w, g in zip(texts, want, got) if list(g) != list(w)]
-    unexplained = [m for m in mismatches if not _KNOWN.search(m[0])]
-    assert not unexplained, f"{len(unexplained)}/{len(texts)} differ, e.g. {unexplained[0]}"
+    assert not mismatches, f"{len(mismatches)}/{len(texts)} differ, e.g. {mismatches[0]}"
     backend_decode = project._backend.decode
     for ids in want[:: max(1, len(want) // 1000)]:
         assert hf.decode(ids) == backend_decode(ids)
-    return len(mismatches)
 
 
 def test_sentencepiece_export_matches_on_documents_and_fuzz():
     hf, project = load_hf_tokenizer("SentencePieceTokenizer", SP_MODEL, "<pause>")
     docs, fuzz = _documents(10_000), _fuzz(3_000)
     assert sum("<pause>" in t for t in fuzz) > 300  # the contract is exercised
-    assert _check_identical(project, hf, docs) == 0
-    known = _check_identical(project, hf, fuzz)
-    print(f"fuzz: {len(fuzz) - known}/{len(fuzz)} identical; {known} hit the documented <pause><unk> case")
-    assert known < len(fuzz) // 100
-    clean = [t for t in fuzz if not _KNOWN.search(t)]
-    assert len(clean) >= 2900 and _check_identical(project, hf, clean) == 0
-    assert project.tokenize("a<pause>b").count(project.pause_id) == 1
+    # ... including a control literal forming a whole segment after a pause
+    assert sum(any(f"<pause>{c}" in t for c in ("<unk>", "<s>", "</s>", "<pad>")) for t in fuzz) > 10
+    _check_identical(project, hf, docs)
+    _check_identical(project, hf, fuzz)
+    print(f"identical ids: {len(docs)}/{len(docs)} documents, {len(fuzz)}/{len(fuzz)} fuzz strings")
+    _check_identical(project, hf, _AFTER_PAUSE)
+    pause, unk = project.pause_id, hf.unk_token_id
+    assert project.tokenize("<pause><unk>")[-4:] == [pause, *project.tokenize("a<unk>")[1:]]
+    assert (
+        unk not in hf("<pause><unk>")["input_ids"]
+        and hf.convert_tokens_to_ids("<0x41>") not in hf("<pause><0x41>")["input_ids"]
+    )
+    assert project.tokenize("a<pause>b").count(pause) == 1
     # Decoding round-trips the original text.
     for text in docs[::50]:
         assert hf.decode(hf(text)["input_ids"]) == text
@@ -103,7 +107,7 @@ def test_sentencepiece_export_survives_save_and_reload(tmp_path):
     hf, project = load_hf_tokenizer("SentencePieceTokenizer", SP_MODEL, "<pause>")
     hf.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    _check_identical(project, reloaded, _fuzz(500, seed=7))
+    _check_identical(project, reloaded, _fuzz(500, seed=7) + _AFTER_PAUSE)
     assert (
         reloaded.eos_token_id == project.eod and reloaded.convert_tokens_to_ids("<pause>") == project.pause_id
     )
