@@ -44,22 +44,30 @@ def _json_file(path: str) -> Any:
         raise TaskFormatError(f"cannot read {path}: {e.strerror}") from e
 
 
-def _json_lines(path: str) -> Iterator[tuple[str, dict]]:
+def iter_json_objects(path: str, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for every non-blank line of a JSON-lines file; a line that is not
+    a JSON object raises ``error`` naming ``path:line``. The one reader behind task preparation
+    (official JSONL formats) and evaluation (our task files)."""
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
-        raise TaskFormatError(f"cannot read {path}: {e.strerror}") from e
+        raise error(f"cannot read {path}: {e.strerror}") from e
     with f:
         for lineno, line in enumerate(f, 1):
-            if line.strip():
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskFormatError(f"{where}: not valid JSON ({e.msg})") from e
-                if not isinstance(obj, dict):
-                    raise TaskFormatError(f"{where}: expected a JSON object")
-                yield where, obj
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
+            if not isinstance(obj, dict):
+                raise error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _json_lines(path: str) -> Iterator[tuple[str, dict]]:
+    for lineno, obj in iter_json_objects(path, TaskFormatError):
+        yield f"{path}:{lineno}", obj
 
 
 def _get(obj: dict, key: str, where: str, kind: type | tuple = str) -> Any:

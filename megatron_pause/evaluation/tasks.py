@@ -13,10 +13,11 @@ the file and line: a silently skipped example would change the metric.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from megatron_pause.data.task_formats import iter_json_objects
 
 GENERATION = "generation"
 MULTIPLE_CHOICE = "multiple_choice"
@@ -43,21 +44,7 @@ class Example:
 def iter_json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line; a line that is not a JSON object is an
     error naming ``path:line``."""
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise TaskFileError(f"cannot read {path}: {e.strerror}") from e
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskFileError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(obj, dict):
-                raise TaskFileError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    yield from iter_json_objects(path, TaskFileError)
 
 
 def _strings(value: Any) -> bool:
