@@ -169,7 +169,7 @@ def resolve_checkpoint_config(
                 continue  # derived from the given --seq-length unless the table is a shape (checked below)
             section, name = dest.split(".", 1)
             merged[section][name] = theirs
-        resolved = PretrainConfig.from_dict(merged)
+        resolved = type(cfg).from_dict(merged)  # keeps an entry point's own sections (finetuning's)
         rows = [
             (dest, _value(stored, dest), _value(merged, dest), True)
             for dest in _must_match(resolved, weights_only)
@@ -202,6 +202,16 @@ def resolve_checkpoint_config(
             ]
         )
     return cfg
+
+
+def check_against_load(cfg: PretrainConfig, given: Collection[str]) -> PretrainConfig:
+    """What every training entry point runs before validation when ``--load`` is given:
+    :func:`resolve_checkpoint_config` with the run's own ``--ckpt-step``,
+    ``--use-checkpoint-args`` and ``--finetune`` (weights only)."""
+    ck = cfg.checkpoint
+    return resolve_checkpoint_config(
+        cfg, given, ck.load, ck.ckpt_step, ck.use_checkpoint_args, weights_only=ck.finetune
+    )
 
 
 def vocab_record(tokenizer: Any, padded_vocab_size: int) -> dict[str, Any]:

@@ -24,7 +24,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from megatron_pause.arguments import FLAG_GROUPS, ConfigError, build_parser, parse_args, validate_config
+from megatron_pause.arguments import (
+    FLAG_GROUPS,
+    ConfigError,
+    build_parser,
+    parse_args_and_given,
+    validate_config,
+)
 from megatron_pause.finetune_config import FinetuneConfig, FinetuneDataConfig
 
 # Every pretraining flag group but "data" (indexed shards): finetuning reads JSONL examples.
@@ -73,15 +79,20 @@ def build_finetune_parser() -> argparse.ArgumentParser:
 
 
 def parse_finetune_args(argv: Sequence[str] | None = None) -> FinetuneConfig:
+    return parse_finetune_args_and_given(argv)[0]
+
+
+def parse_finetune_args_and_given(argv: Sequence[str] | None = None) -> tuple[FinetuneConfig, frozenset[str]]:
+    """:func:`parse_finetune_args` plus the dests the command line set (for the checkpoint check)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_finetune_parser()
     if any(a == "--pause-fraction" or a.startswith("--pause-fraction=") for a in argv):
         parser.error(
             "--pause-fraction is for pretraining; finetuning places --finetune-pauses after each prompt"
         )
-    cfg = parse_args(argv, parser=parser, config_cls=FinetuneConfig)
+    cfg, given = parse_args_and_given(argv, parser=parser, config_cls=FinetuneConfig)
     cfg.pause.pause_fraction = 0.0  # no random pauses: the M_ft pauses are placed per example
-    return cfg
+    return cfg, given
 
 
 def validate_finetune_config(cfg: FinetuneConfig, world_size: int) -> None:
@@ -236,12 +247,18 @@ def build_finetune_data(cfg: FinetuneConfig, tokenizer, log):
 def main(argv: Sequence[str] | None = None) -> int:
     # megatron-core warns at import that TE/apex are absent; expected on CPU.
     warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex).*")
-    cfg = parse_finetune_args(argv)
+    cfg, given = parse_finetune_args_and_given(argv)
     from megatron_pause.pretrain import _world_size_from_env, run_training
+    from megatron_pause.training.checkpoint import CheckpointError
 
     try:
+        if cfg.checkpoint.load:
+            # The pretraining entry point's check: flags vs the checkpoint's stored configuration.
+            from megatron_pause.checkpoint_args import check_against_load
+
+            cfg = check_against_load(cfg, given)
         validate_finetune_config(cfg, _world_size_from_env())
-    except ConfigError as e:
+    except (ConfigError, CheckpointError) as e:
         print(f"megatron_pause: {e}", file=sys.stderr)
         return 2
     from megatron_pause.data.sft import TooManyRejects
@@ -249,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         run_training(cfg, build_finetune_data)
-    except (TooManyRejects, ConfigError) as e:
+    except (TooManyRejects, ConfigError, CheckpointError) as e:
         print(f"megatron_pause: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:

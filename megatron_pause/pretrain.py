@@ -222,14 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if cfg.checkpoint.load:
             # Flags against the checkpoint's stored configuration, and its files, before anything is built.
-            from megatron_pause.checkpoint_args import resolve_checkpoint_config
+            from megatron_pause.checkpoint_args import check_against_load
             from megatron_pause.training.checkpoint import CheckpointError
 
             usage_errors = (ConfigError, CheckpointError)
-            ck = cfg.checkpoint
-            cfg = resolve_checkpoint_config(
-                cfg, given, ck.load, ck.ckpt_step, ck.use_checkpoint_args, weights_only=ck.finetune
-            )
+            cfg = check_against_load(cfg, given)
         validate_config(cfg, _world_size_from_env())
     except usage_errors as e:
         print(f"megatron_pause: {e}", file=sys.stderr)

@@ -244,3 +244,21 @@ def test_four_variants_run_end_to_end(tmp_path, capfd):
     # Each valid set's answer tokens are the same whatever the variant; the models differ.
     assert len({r["tokens"] for r in results.values()}) == 1
     assert len({r["lm_loss"] for r in results.values()}) == 4
+
+
+def test_flags_that_contradict_the_checkpoint_are_refused_before_loading(tmp_path, capfd):
+    """The pretraining entry point's check (checkpoint_args) guards finetuning's --load too."""
+    from megatron_pause.finetune import main
+
+    data = _write_examples(tmp_path / "train.jsonl", _bundled_examples(4))
+    ckpt = str(tmp_path / "ckpt")
+    base = [*MODEL, "--train-data-path", data, "--micro-batch-size", "2", "--global-batch-size", "2",
+            "--train-iters", "1", "--lr-warmup-iters", "0"]  # fmt: skip
+    _run([*base, "--save", ckpt])
+    other = list(base)
+    other[other.index("--num-layers") + 1] = "3"
+    capfd.readouterr()
+    assert main([*other, "--load", ckpt, "--finetune", "--train-iters", "2"]) == 2
+    err = capfd.readouterr().err
+    assert "these flags differ from checkpoint" in err and "--num-layers" in err
+    assert "--use-checkpoint-args" in err and "Traceback" not in err
