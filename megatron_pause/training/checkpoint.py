@@ -266,6 +266,17 @@ def _newer(saved: str, running: str) -> bool:
         return False  # an unparseable record is reported by the caller's own check
 
 
+def _read_json(file: str, missing: str) -> Any:
+    """``file`` parsed as JSON, or :class:`_Unreadable` naming it (``missing`` says why when absent)."""
+    try:
+        with open(file, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise _Unreadable(file, missing) from None
+    except (OSError, ValueError) as e:
+        raise _Unreadable(file, f"does not parse ({type(e).__name__}: {e})") from None
+
+
 def _check_files(path: str) -> dict[str, Any]:
     """Parse the metadata of checkpoint directory ``path`` and check every shard file it names.
 
@@ -273,13 +284,7 @@ def _check_files(path: str) -> dict[str, Any]:
     truncated shard file (a storage fault, a partial copy) is found from its size alone. Returns
     the parsed ``megatron_pause.json``; raises :class:`_Unreadable` naming the file."""
     meta_file = os.path.join(path, CONFIG_FILE)
-    try:
-        with open(meta_file, "rb") as f:
-            meta = json.loads(f.read())
-    except FileNotFoundError:
-        raise _Unreadable(meta_file, "is missing: the save never finished") from None
-    except (OSError, ValueError) as e:
-        raise _Unreadable(meta_file, f"does not parse ({type(e).__name__}: {e})") from None
+    meta = _read_json(meta_file, "is missing: the save never finished")
     if not isinstance(meta, dict) or not isinstance(meta.get("iteration"), int):
         raise _Unreadable(meta_file, "is not a megatron_pause checkpoint record (no iteration)")
     version = meta.get("format_version", 1)
@@ -298,13 +303,7 @@ def _check_files(path: str) -> dict[str, Any]:
         )
 
     backend_file = os.path.join(path, MEGATRON_METADATA)
-    try:
-        with open(backend_file, "rb") as f:
-            backend = json.loads(f.read())
-    except FileNotFoundError:
-        raise _Unreadable(backend_file, "is missing") from None
-    except (OSError, ValueError) as e:
-        raise _Unreadable(backend_file, f"does not parse ({type(e).__name__}: {e})") from None
+    backend = _read_json(backend_file, "is missing")
     if not isinstance(backend, dict) or backend.get("sharded_backend") != "torch_dist":
         raise _Unreadable(backend_file, f"does not describe a torch_dist checkpoint: {str(backend)[:80]!r}")
 
