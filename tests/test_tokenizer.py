@@ -229,3 +229,35 @@ def test_shipped_sample_corpus_is_c4_shaped():
     assert len(records) > 500
     assert all(list(r) == ["text", "timestamp", "url"] and r["text"].strip() for r in records)
     assert len({r["text"] for r in records}) == len(records)
+
+
+def test_huggingface_batch_arrays_take_the_rust_path_only_where_it_agrees(tmp_path, monkeypatch):
+    """The fast batch path (the Rust tokenizer's encode_batch) gives the full call's ids, pauses
+    included; a tokenizer class that changes ids in Python makes it fall back to the full call."""
+    folder = _save_hf_folder(str(tmp_path / "hf"), with_pause=False)
+    tok = build_tokenizer("HuggingFaceTokenizer", folder)
+    backend = tok._backend
+    texts = [*TEXTS, f"a{tok.pause_token}b", "", "  spaces  "] * 30
+    expected = [list(ids) for ids in backend.tok(texts)["input_ids"]]
+    calls = []
+    rust = backend.tok.backend_tokenizer
+    real_encode_batch = rust.encode_batch
+
+    class Spy:
+        def encode_batch(self, batch, add_special_tokens):
+            calls.append(len(batch))
+            return real_encode_batch(batch, add_special_tokens=add_special_tokens)
+
+    monkeypatch.setattr(type(backend.tok), "backend_tokenizer", property(lambda self: Spy()))
+    assert [a.tolist() for a in tok.tokenize_batch_arrays(texts)] == expected
+    assert calls == [64, len(texts)]  # the check on a sample, then the whole batch
+
+    # A class whose full call differs (here: every id shifted) must not get Rust's ids.
+    original_call = type(backend.tok).__call__
+    monkeypatch.setattr(
+        type(backend.tok), "__call__",
+        lambda self, t, **kw: {"input_ids": [[i + 1 for i in ids] for ids in original_call(self, t, **kw)["input_ids"]]},
+    )  # fmt: skip
+    calls.clear()
+    assert [a.tolist() for a in tok.tokenize_batch_arrays(texts)] == [[i + 1 for i in ids] for ids in expected]
+    assert calls == [64]
