@@ -45,6 +45,9 @@ class RunData:
     valid: Any
     loss: Callable
     eval_loss: Callable | None = None
+    # Targets are a few positions per sample (finetuning): cut trailing columns no target
+    # reaches and compute logits only at targets (megatron_pause.training.sparse_targets).
+    sparse_targets: bool = False
 
 
 def _pretraining_data(cfg: PretrainConfig, tokenizer, log) -> RunData:
@@ -58,6 +61,11 @@ def _pretraining_data(cfg: PretrainConfig, tokenizer, log) -> RunData:
 def run(cfg: PretrainConfig):
     """Build everything and train. Returns the trainer's FitResult (on every rank)."""
     return run_training(cfg, _pretraining_data)
+
+
+def _trim_multiple(cfg: PretrainConfig) -> int:
+    """Sequence parallelism splits the sequence over tensor-parallel ranks: keep it divisible."""
+    return cfg.parallel.tensor_model_parallel_size if cfg.parallel.sequence_parallel else 1
 
 
 def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any, Any], RunData]):
@@ -173,6 +181,7 @@ def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any,
                 dp_size,
                 state.consumed_samples,
                 num_workers=cfg.data.num_workers,
+                trim_multiple=_trim_multiple(cfg) if data.sparse_targets else None,
             )
         valid_factory = None
         if valid_ds is not None:
@@ -192,7 +201,7 @@ def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any,
             chunks=chunks,
             optimizer=optimizer,
             scheduler=scheduler,
-            forward_step=make_forward_step(data.loss, data.eval_loss),
+            forward_step=make_forward_step(data.loss, data.eval_loss, logits_at_targets_only=data.sparse_targets),
             train_loader=train_loader,
             valid_loader_factory=valid_factory,
             logger=log,

@@ -48,3 +48,28 @@ def test_workers_give_the_same_batches_in_the_same_order():
 def test_indivisible_global_batch_is_rejected():
     with pytest.raises(ValueError, match="--global-batch-size 10"):
         MicrobatchLoader(_IndexDataset(10), 4, 10, 0, 1)
+
+
+def test_trim_trailing_columns_cuts_after_the_last_target_of_the_global_batch():
+    from megatron_pause.training.sparse_targets import trim_trailing_columns
+
+    def mb(last_targets):
+        mask = torch.zeros(len(last_targets), 12)
+        for row, last in enumerate(last_targets):
+            if last is not None:
+                mask[row, last] = 1
+        return {"tokens": torch.arange(12).repeat(len(last_targets), 1), "labels": torch.zeros(len(last_targets), 12),
+                "loss_mask": mask, "position_ids": torch.arange(12).repeat(len(last_targets), 1)}  # fmt: skip
+
+    batch = [mb([2, None]), mb([6, 3])]
+    assert trim_trailing_columns(batch) == 7  # column 6 is the last target anywhere
+    assert all(v.shape[1] == 7 for m in batch for v in m.values())
+    assert batch[0]["tokens"][0].tolist() == list(range(7))
+    batch = [mb([6])]
+    assert trim_trailing_columns(batch, multiple=4) == 8  # sequence parallelism: divisible by TP
+    batch = [mb([11])]
+    assert trim_trailing_columns(batch, multiple=5) == 12  # never longer than the batch
+    batch = [mb([None])]
+    assert trim_trailing_columns(batch) == 1  # no target at all: one column stays
+    packed = [{**mb([3]), "cu_seqlens": torch.tensor([[0, 12]])}]
+    assert trim_trailing_columns(packed) == 12 and packed[0]["tokens"].shape[1] == 12

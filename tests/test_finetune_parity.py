@@ -5,7 +5,9 @@ finetuning samples -- answer-only loss masks, M_ft pauses, right padding -- both
 per microbatch) and packed (megatron's ``thd`` rows, several examples each, micro-batch 1). Loss and
 grad norm of every step agree within 1e-5 relative at TP2, PP2, PP2 with virtual stages, TP2xPP2 and
 DP2 with the distributed optimizer; so do the validation loss and teacher-forced accuracy, whose
-argmax is reduced over the vocabulary shards.
+argmax is reduced over the vocabulary shards. The "sparse" mode is the finetuning entry point's
+cheap path (batches cut after their last target column, logits only at targets): it matches the
+padded run in one process and at every layout.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def _finetune_body(rank: int, world: int, layout: pw.Layout, ckpt: str) -> dict:
     from megatron_pause.loss import PauseMaskedLoss, PauseMaskedLossWithAccuracy
     from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.training.checkpoint import load_checkpoint
+    from megatron_pause.training.sparse_targets import trim_trailing_columns
     from megatron_pause.training.step import (
         build_optimizer,
         eval_step,
@@ -75,23 +78,31 @@ def _finetune_body(rank: int, world: int, layout: pw.Layout, ckpt: str) -> dict:
 
     model, par, prec = pw.tiny_model(), layout.parallel(), PrecisionConfig()
     init_distributed(par, model.num_layers, seed=pw.SEED)
-    forward_step = make_forward_step(PauseMaskedLoss(pw.PAUSE_ID), PauseMaskedLossWithAccuracy(pw.PAUSE_ID))
+    losses = (PauseMaskedLoss(pw.PAUSE_ID), PauseMaskedLossWithAccuracy(pw.PAUSE_ID))
+    multiple = par.tensor_model_parallel_size if par.sequence_parallel else 1
     out = {}
-    for pack, mbs in ((False, 2), (True, 1)):
+    for mode, pack, mbs in (("padded", False, 2), ("packed", True, 1), ("sparse", False, 2)):
+        sparse = mode == "sparse"
+        forward_step = make_forward_step(*losses, logits_at_targets_only=sparse)
         cfg = transformer_config(model, par, prec)
         chunks = wrap_model(build_model_chunks(model, cfg, pw.PADDED_VOCAB), cfg, par)
         opt = build_optimizer(chunks, OptimizerConfig(lr=pw.LR), par, prec)
         load_checkpoint(ckpt, chunks, load_rng=False)
         ds = _dataset(pack)
-        run = {"losses": [], "grad_norms": [], "tokens": []}
-        for step in range(STEPS):
-            r = train_step(chunks, opt, forward_step, _microbatches(ds, step, mbs), pw.SEQ, mbs)
+        run = {"losses": [], "grad_norms": [], "tokens": [], "seq": []}
+        for step in range(STEPS + 1):
+            batch = _microbatches(ds, step, mbs)
+            seq = trim_trailing_columns(batch, multiple) if sparse else pw.SEQ
+            run["seq"].append(seq)
+            if step == STEPS:
+                e = eval_step(chunks, forward_step, batch, seq, mbs)
+                run["eval"] = (e.lm_loss, e.num_tokens, e.correct, e.scored)
+                break
+            r = train_step(chunks, opt, forward_step, batch, seq, mbs)
             run["losses"].append(r.lm_loss)
             run["grad_norms"].append(float(r.grad_norm))
             run["tokens"].append(r.num_tokens)
-        e = eval_step(chunks, forward_step, _microbatches(ds, STEPS, mbs), pw.SEQ, mbs)
-        run["eval"] = (e.lm_loss, e.num_tokens, e.correct, e.scored)
-        out["packed" if pack else "padded"] = run
+        out[mode] = run
     destroy_distributed()
     return out
 
@@ -110,6 +121,18 @@ def test_reference_finetuning_run_is_meaningful(finetune_reference):
         assert tokens == scored > 0 and 0 <= correct <= scored
     # Packed rows hold several examples each, so a packed global batch covers more of them.
     assert finetune_reference["packed"]["tokens"][0] > finetune_reference["padded"]["tokens"][0]
+
+
+def test_sparse_targets_path_computes_the_padded_run(finetune_reference):
+    """Cutting trailing columns and computing logits only at targets changes nothing but cost."""
+    sparse, padded = finetune_reference["sparse"], finetune_reference["padded"]
+    assert max(sparse["seq"]) < pw.SEQ, f"nothing was cut: {sparse['seq']}"
+    assert sparse["tokens"] == padded["tokens"]
+    for key in ("losses", "grad_norms"):
+        worst = max(pw.rel(a, b) for a, b in zip(sparse[key], padded[key], strict=True))
+        assert worst <= TOL, f"{key}: {sparse[key]} vs {padded[key]}"
+    assert sparse["eval"][1:] == padded["eval"][1:]
+    assert pw.rel(sparse["eval"][0], padded["eval"][0]) <= TOL
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.name)

@@ -10,6 +10,10 @@ run at another DP size see the same samples. The position is one integer
 With ``num_workers > 0`` samples are fetched (pauses inserted, masks built)
 by a torch DataLoader's worker processes ahead of the step; the order and
 content are the same as in-process fetching.
+
+With ``trim_multiple`` set, each global batch loses its trailing columns that no target reaches
+(:func:`~megatron_pause.training.sparse_targets.trim_trailing_columns`), keeping the length a
+multiple of it.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class MicrobatchLoader:
         dp_size: int,
         consumed_samples: int = 0,
         num_workers: int = 0,
+        trim_multiple: int | None = None,
     ) -> None:
         if global_batch_size % (micro_batch_size * dp_size):
             raise ValueError(
@@ -84,6 +89,7 @@ class MicrobatchLoader:
         self.gbs = global_batch_size
         self.num_microbatches = global_batch_size // (micro_batch_size * dp_size)
         self.consumed_samples = consumed_samples
+        self.trim_multiple = trim_multiple
         indices = _MicrobatchIndices(
             consumed_samples, micro_batch_size, global_batch_size, dp_rank, dp_size, len(dataset)
         )
@@ -98,5 +104,9 @@ class MicrobatchLoader:
 
     def next_global_batch(self) -> list[dict[str, torch.Tensor]]:
         microbatches = [next(self._batches) for _ in range(self.num_microbatches)]
+        if self.trim_multiple is not None:
+            from megatron_pause.training.sparse_targets import trim_trailing_columns
+
+            trim_trailing_columns(microbatches, self.trim_multiple)
         self.consumed_samples += self.gbs
         return microbatches

@@ -121,13 +121,18 @@ def packed_seq_params(batch: dict[str, torch.Tensor]) -> PackedSeqParams | None:
     )
 
 
-def make_forward_step(loss_fn: LossFn, eval_loss_fn: LossFn | None = None) -> Callable:
+def make_forward_step(
+    loss_fn: LossFn, eval_loss_fn: LossFn | None = None, logits_at_targets_only: bool = False
+) -> Callable:
     """megatron's forward_step_func: model output plus the loss closure.
 
     With ``eval_loss_fn``, evaluation (the model in eval mode) asks the model for its logits
     instead of its per-token loss and hands them to ``eval_loss_fn(loss_mask, labels, logits)``,
-    which can report more than the loss (e.g. teacher-forced accuracy).
+    which can report more than the loss (e.g. teacher-forced accuracy). With
+    ``logits_at_targets_only``, training computes the output layer only where the loss mask is
+    set (:func:`~megatron_pause.training.sparse_targets.loss_at_targets`).
     """
+    from megatron_pause.training.sparse_targets import loss_at_targets
 
     def forward_step(data_iterator: Iterator[dict], model: torch.nn.Module):
         batch = _move(next(data_iterator))
@@ -136,7 +141,13 @@ def make_forward_step(loss_fn: LossFn, eval_loss_fn: LossFn | None = None) -> Ca
         if eval_loss_fn is not None and not model.training:
             output = model(*args, packed_seq_params=packed)
             return output, partial(eval_loss_fn, batch["loss_mask"], batch["labels"])
-        output = model(*args, labels=batch["labels"], packed_seq_params=packed)
+        if logits_at_targets_only:
+            output = model(
+                *args, labels=batch["labels"], packed_seq_params=packed,
+                loss_mask=batch["loss_mask"], output_processor=loss_at_targets,
+            )  # fmt: skip
+        else:
+            output = model(*args, labels=batch["labels"], packed_seq_params=packed)
         return output, partial(loss_fn, batch["loss_mask"], batch["labels"])
 
     return forward_step

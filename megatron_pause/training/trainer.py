@@ -122,9 +122,11 @@ class Trainer:
             while self.state.iteration < t.train_iters:
                 step_start = time.monotonic()
                 microbatches = self.train_loader.next_global_batch()
+                # The loader may have cut trailing columns no target reaches (finetuning).
+                seq_length = microbatches[0]["tokens"].shape[1]
                 result = train_step(
                     self.chunks, self.optimizer, self.forward_step, microbatches,
-                    self.seq_length, t.micro_batch_size, skip_nonfinite=t.skip_nonfinite_steps,
+                    seq_length, t.micro_batch_size, skip_nonfinite=t.skip_nonfinite_steps,
                 )  # fmt: skip
                 if result.update_successful:
                     self.scheduler.step(increment=1)
@@ -132,12 +134,12 @@ class Trainer:
                     self.state.skipped_steps += 1
                 self.state.iteration += 1
                 self.state.consumed_samples = self.train_loader.consumed_samples
-                self.state.consumed_tokens += t.global_batch_size * self.seq_length
+                self.state.consumed_tokens += t.global_batch_size * seq_length
                 self.state.pause_targets_seen += result.pause_targets
                 train_losses.append(result.lm_loss)
                 step_time = time.monotonic() - step_start
                 if self.state.iteration % self.logging.log_interval == 0:
-                    self._log_train(result, step_time)
+                    self._log_train(result, step_time, seq_length)
 
                 it = self.state.iteration
                 if t.eval_interval and it % t.eval_interval == 0 and self.valid_loader_factory:
@@ -192,8 +194,8 @@ class Trainer:
         self.log.valid(self.state.iteration, loss, tokens, accuracy=accuracy)
         return loss
 
-    def _log_train(self, result, step_time: float) -> None:
-        tokens = self.training.global_batch_size * self.seq_length
+    def _log_train(self, result, step_time: float, seq_length: int) -> None:
+        tokens = self.training.global_batch_size * seq_length
         tokens_per_sec = tokens / step_time if step_time > 0 else float("nan")
         mfu = None
         if self.flops_per_token and self.peak_flops:
