@@ -240,7 +240,10 @@ def build_finetune_data(cfg: FinetuneConfig, tokenizer, log):
         valid.num_samples = t.eval_iters * t.global_batch_size
         log.info(f"validation: {samples:,d} samples, {t.eval_iters} batches per evaluation")
     return RunData(
-        train, valid, PauseMaskedLoss(tokenizer.pause_id), PauseMaskedLossWithAccuracy(tokenizer.pause_id),
+        train,
+        valid,
+        PauseMaskedLoss(tokenizer.pause_id),
+        PauseMaskedLossWithAccuracy(tokenizer.pause_id),
         sparse_targets=True,
     )
 

@@ -201,7 +201,9 @@ def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any,
             chunks=chunks,
             optimizer=optimizer,
             scheduler=scheduler,
-            forward_step=make_forward_step(data.loss, data.eval_loss, logits_at_targets_only=data.sparse_targets),
+            forward_step=make_forward_step(
+                data.loss, data.eval_loss, logits_at_targets_only=data.sparse_targets
+            ),
             train_loader=train_loader,
             valid_loader_factory=valid_factory,
             logger=log,

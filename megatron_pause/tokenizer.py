@@ -159,7 +159,9 @@ class _HuggingFaceBackend:
         # are used only where they match the full call on a sample of the batch.
         rust = getattr(self.tok, "backend_tokenizer", None)
         if rust is not None and self._rust_matches(rust, texts[:64]):
-            return [np.asarray(e.ids, dtype=np.int32) for e in rust.encode_batch(texts, add_special_tokens=True)]
+            return [
+                np.asarray(e.ids, dtype=np.int32) for e in rust.encode_batch(texts, add_special_tokens=True)
+            ]
         return [np.asarray(ids, dtype=np.int32) for ids in self.tok(texts)["input_ids"]]
 
     def _rust_matches(self, rust, sample: list[str]) -> bool:

@@ -259,5 +259,7 @@ def test_huggingface_batch_arrays_take_the_rust_path_only_where_it_agrees(tmp_pa
         lambda self, t, **kw: {"input_ids": [[i + 1 for i in ids] for ids in original_call(self, t, **kw)["input_ids"]]},
     )  # fmt: skip
     calls.clear()
-    assert [a.tolist() for a in tok.tokenize_batch_arrays(texts)] == [[i + 1 for i in ids] for ids in expected]
+    assert [a.tolist() for a in tok.tokenize_batch_arrays(texts)] == [
+        [i + 1 for i in ids] for ids in expected
+    ]
     assert calls == [64]

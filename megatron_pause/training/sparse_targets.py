@@ -65,7 +65,9 @@ def loss_at_targets(
     """megatron-core ``output_processor``: per-token losses ``[b, s]``, computed only where
     ``loss_mask`` is set (hidden states ``[s, b, h]``)."""
     if output_layer.sequence_parallel:
-        logits, _ = output_layer(hidden_states, weight=output_weight, runtime_gather_output=runtime_gather_output)
+        logits, _ = output_layer(
+            hidden_states, weight=output_weight, runtime_gather_output=runtime_gather_output
+        )
         return compute_language_model_loss(labels, scale_logits(logits))
     seq_idx, batch_idx = torch.nonzero(loss_mask.transpose(0, 1) != 0, as_tuple=True)
     if seq_idx.numel() == 0:  # no target here: one position keeps the graph whole, masked later
