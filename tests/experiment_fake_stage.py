@@ -8,7 +8,8 @@ metadata, or an evaluation results file. Scores are a deterministic function of 
 reproduce an uninterrupted one exactly.
 
 Environment: FAKE_STAGE_LOG (append "KIND OUTPUT_DIR" per invocation), FAKE_STAGE_SLEEP
-(seconds before writing), FAKE_STAGE_FAIL (substring of the output path that makes it exit 1).
+(seconds before writing), FAKE_STAGE_FAIL (substring of the output path that makes it exit 1),
+FAKE_STAGE_PARENTS (append the command line of the process that started it).
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def main() -> int:
     if os.environ.get("FAKE_STAGE_LOG"):
         with open(os.environ["FAKE_STAGE_LOG"], "a") as f:
             f.write(f"{kind} {out}\n")
+    if os.environ.get("FAKE_STAGE_PARENTS"):
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = f.read().replace(b"\0", b" ").decode()
+        with open(os.environ["FAKE_STAGE_PARENTS"], "a") as f:
+            f.write(parent.strip() + "\n")
     load = flag(argv, "--load")
     if kind != "pretrain" and not os.path.isfile(os.path.join(load, "latest_checkpointed_iteration.txt")):
         print(f"fake {kind}: no checkpoint under --load {load}", file=sys.stderr)

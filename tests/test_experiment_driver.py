@@ -141,12 +141,22 @@ def _run(spec: str, out: Path, log: Path, *extra: str, **env: str) -> subprocess
     )
 
 
-def test_grid_runs_skips_completed_and_resumes_after_kill_with_identical_results(tmp_path):
-    spec = write_spec(tmp_path / "spec.yaml", spec_dict(seeds="0-1"))
-    out, log = tmp_path / "out", tmp_path / "calls.log"
-    first = _run(spec, out, log)
+@pytest.mark.parametrize("start", ["subprocess", "preloaded"])
+def test_grid_runs_skips_completed_and_resumes_after_kill_with_identical_results(tmp_path, start, monkeypatch):
+    data = spec_dict(seeds="0-1")
+    if start == "preloaded":  # `python -m module` stages are forked from the preloaded server
+        data["entry_points"] = {k: [sys.executable, "-m", "experiment_fake_stage", k] for k in data["entry_points"]}
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(FAKE), os.environ.get("PYTHONPATH", "")]))
+    spec = write_spec(tmp_path / "spec.yaml", data)
+    out, log, parents = tmp_path / "out", tmp_path / "calls.log", tmp_path / "parents.log"
+    first = _run(spec, out, log, FAKE_STAGE_PARENTS=str(parents))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "done," in first.stdout and "ETA" in first.stdout
+    starters = set(parents.read_text().splitlines())
+    if start == "preloaded":
+        assert len(starters) == 1 and "forkserver" in starters.pop()
+    else:
+        assert all("megatron_pause.experiment run" in s for s in starters)
     n_stages = len(build_plan(load_spec(spec), str(out)).stages)
     assert len(invocations(log)) == n_stages == 4 + 14 + 14
     reference = (out / "results.json").read_bytes()

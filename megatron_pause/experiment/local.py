@@ -5,6 +5,10 @@ its output in ``<stage>/log.txt``. A stage starts once its dependencies are comp
 fails blocks only what depends on it, and the rest of the grid goes on. The marker that makes a
 stage "complete" is written only after a zero exit and with every expected output present.
 
+Entry-point stages (``python -m megatron_pause.X``) are forked from a server process that has
+imported torch and megatron-core once (:mod:`megatron_pause.experiment.preloaded`; ``preload=False``
+starts fresh interpreters instead); the prepare scripts always run as fresh processes.
+
 Killing the driver: SIGINT/SIGTERM stop the running stages (SIGTERM, which the trainers answer by
 saving) and exit; SIGKILL takes the children with it (they are started with PR_SET_PDEATHSIG), so
 no orphan keeps writing into a folder that the next run will reuse.
@@ -22,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from megatron_pause.experiment import preloaded
 from megatron_pause.experiment.plan import Plan, Stage
 
 _PR_SET_PDEATHSIG = 1
@@ -51,7 +56,7 @@ def _format_duration(seconds: float) -> str:
 @dataclass
 class _Running:
     stage: Stage
-    proc: subprocess.Popen
+    proc: subprocess.Popen | preloaded.PreloadedProcess
     start: float
     log: object
 
@@ -77,12 +82,14 @@ class LocalLauncher:
         threads_per_run: int | None = None,
         print_fn: Callable[[str], None] = print,
         poll_s: float = 0.2,
+        preload: bool = True,
     ):
         self.plan = plan
         self.max_parallel = max(1, max_parallel)
         self.threads = threads_per_run or max(1, (os.cpu_count() or 1) // self.max_parallel)
         self.print = print_fn
         self.poll_s = poll_s
+        self.preload = preload and preloaded.available()
         self._stop = False
 
     def _env(self) -> dict[str, str]:
@@ -106,13 +113,13 @@ class LocalLauncher:
         log = open(stage.log, "a")
         log.write(f"+ {' '.join(stage.argv)}\n")
         log.flush()
-        proc = subprocess.Popen(
-            stage.command(sys.executable),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self._env(),
-            preexec_fn=_die_with_parent,
-        )
+        command = stage.command(sys.executable)
+        if self.preload and preloaded.entry_module(command):
+            proc = preloaded.PreloadedProcess(command, self._env(), stage.log)
+        else:
+            proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self._env(), preexec_fn=_die_with_parent
+            )
         return _Running(stage, proc, time.monotonic(), log)
 
     def _eta(
@@ -150,6 +157,8 @@ class LocalLauncher:
             f"{len(pending)} to run, up to {self.max_parallel} at a time ({self.threads} threads each); "
             f"output in {self.plan.out}"
         )
+        if self.preload and any(preloaded.entry_module(s.argv) for s in pending):
+            preloaded.warm_up()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while (pending or running) and not self._stop:
