@@ -100,8 +100,18 @@ def prompt_text(items: np.ndarray, query: int, fmt: TaskFormat) -> str:
 def examples(cfg: ThresholdCountConfig, count: int, seed: int, fmt: TaskFormat) -> Iterator[dict[str, str]]:
     """``{"prompt", "answer"}`` records, the finetuning and evaluation format."""
     items, queries = sample_problems(cfg, count, seed)
-    for row, q, a in zip(items, queries, answers(items, queries)):
-        yield {"prompt": prompt_text(row, q, fmt), "answer": value_word(int(a))}
+    if fmt not in ("query_last", "query_first"):
+        prompt_text(items[0], queries[0], fmt)  # raises the unknown-format error
+    # prompt_text's words from lookup tables: two million records are written per grid.
+    values = [value_word(i) for i in range(cfg.num_values)]
+    query_words = [query_word(i) for i in range(cfg.num_values)]
+    for row, q, a in zip(items.tolist(), queries.tolist(), answers(items, queries).tolist()):
+        words = " ".join([values[x] for x in row])
+        if fmt == "query_last":
+            prompt = f"{words} {SEPARATOR} {query_words[q]} {EQUALS}"
+        else:
+            prompt = f"{query_words[q]} {SEPARATOR} {words} {EQUALS}"
+        yield {"prompt": prompt, "answer": values[a]}
 
 
 def pretraining_documents(
