@@ -142,11 +142,17 @@ def _run(spec: str, out: Path, log: Path, *extra: str, **env: str) -> subprocess
 
 
 @pytest.mark.parametrize("start", ["subprocess", "preloaded"])
-def test_grid_runs_skips_completed_and_resumes_after_kill_with_identical_results(tmp_path, start, monkeypatch):
+def test_grid_runs_skips_completed_and_resumes_after_kill_with_identical_results(
+    tmp_path, start, monkeypatch
+):
     data = spec_dict(seeds="0-1")
     if start == "preloaded":  # `python -m module` stages are forked from the preloaded server
-        data["entry_points"] = {k: [sys.executable, "-m", "experiment_fake_stage", k] for k in data["entry_points"]}
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(FAKE), os.environ.get("PYTHONPATH", "")]))
+        data["entry_points"] = {
+            k: [sys.executable, "-m", "experiment_fake_stage", k] for k in data["entry_points"]
+        }
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join([os.path.dirname(FAKE), os.environ.get("PYTHONPATH", "")])
+        )
     spec = write_spec(tmp_path / "spec.yaml", data)
     out, log, parents = tmp_path / "out", tmp_path / "calls.log", tmp_path / "parents.log"
     first = _run(spec, out, log, FAKE_STAGE_PARENTS=str(parents))

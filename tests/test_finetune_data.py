@@ -230,3 +230,20 @@ def _packed_vs_padded(rank: int, world: int, position_embedding: str) -> float:
 def test_packed_examples_have_their_padded_losses(position_embedding):
     (worst,) = run_distributed(_packed_vs_padded, 1, position_embedding)
     assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("position", ["append", "prepend"])
+def test_whole_batches_equal_collated_samples(pack, position):
+    """The loader's fast path (``batch``) builds exactly what collating the samples one by one does,
+    across an epoch boundary and in the validation set's padding samples."""
+    from megatron_pause.training.batches import collate
+
+    train = _dataset(_examples(40), pack=pack, position=position)
+    valid = FinetuneDataset([(None, _examples(7, max_prompt=10))], seq_length=24, num_pauses=3, pause_id=PAUSE, eod=EOD,
+                            pad=PAD, position=position, pack=pack, shuffle=False, num_samples=12)  # fmt: skip
+    for ds, indices in ((train, [0, 5, 39, 40, 41, 77]), (valid, list(range(12)))):
+        fast, slow = ds.batch(indices), collate([ds[i] for i in indices])
+        assert fast.keys() == slow.keys()
+        for key in slow:
+            assert fast[key].dtype == slow[key].dtype and torch.equal(fast[key], slow[key]), key

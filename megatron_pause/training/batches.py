@@ -100,7 +100,9 @@ class MicrobatchLoader:
             )  # fmt: skip
             self._batches = iter(loader)
         else:
-            self._batches = (collate([dataset[i] for i in idx]) for idx in indices)
+            # A dataset may build a whole microbatch at once (``batch``), equal to collating its samples.
+            batch = getattr(dataset, "batch", None) or (lambda idx: collate([dataset[i] for i in idx]))
+            self._batches = (batch(idx) for idx in indices)
 
     def next_global_batch(self) -> list[dict[str, torch.Tensor]]:
         microbatches = [next(self._batches) for _ in range(self.num_microbatches)]
