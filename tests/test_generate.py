@@ -63,6 +63,9 @@ def _cache_batch_body(rank, world, ckpt):
         uncached = [c.tokens for c in g.generate(ps, m, N_NEW, use_cache=False)]
         single = [g.generate([p], m, N_NEW)[0].tokens for p in ps]
         res[m] = (cached, uncached, single)
+    from megatron_pause.inference import plain_linears
+
+    plain_linears.uninstall(loaded.model)  # the reference runs megatron's own linears
     res["reference"] = [
         _reference_greedy(loaded.model, loaded.tokenizer, loaded.padded_vocab_size, p, N_NEW) for p in ps
     ]
@@ -80,6 +83,59 @@ def test_cached_equals_uncached_and_batched_equals_single(ckpt):
         assert all(len(c) > 0 for c in cached)
     assert res[0][0] == res["reference"]  # M = 0 is plain greedy generation
     assert res[3][0] != res[0][0]  # the pauses change what the model computes
+
+
+def _plain_linears_body(rank, world, ckpt):
+    """Logits and gradients with and without the plain no-grad linears, and how many autograd
+    Function calls a generation makes."""
+    from megatron_pause.inference import plain_linears
+
+    loaded, g = open_model(ckpt, max_batch=4)
+    model = loaded.model
+    x = torch.tensor([prompts(loaded.tokenizer, 1)[0]])
+    pos = torch.arange(x.shape[1])[None]
+
+    def logits_and_grads():
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            logits = model(x, pos, None)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model(x, pos, None).float().square().mean().backward()
+        return logits, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    with_plain = logits_and_grads()
+    plain_linears.uninstall(model)
+    megatron = logits_and_grads()
+    installed = plain_linears.install(model)
+
+    calls = []
+    real_apply = torch.autograd.Function.apply.__func__
+
+    def counting_apply(cls, *args, **kwargs):
+        calls.append(cls.__name__)
+        return real_apply(cls, *args, **kwargs)
+
+    torch.autograd.Function.apply = classmethod(counting_apply)
+    try:
+        g.generate(prompts(loaded.tokenizer, 3), 2, 4)
+    finally:
+        torch.autograd.Function.apply = classmethod(real_apply)
+    return {
+        "installed": installed,
+        "logits_max_diff": float((with_plain[0] - megatron[0]).abs().max()),
+        "grads_equal": len(with_plain[1]) == len(megatron[1]) > 0
+        and all(torch.equal(a, b) for a, b in zip(with_plain[1], megatron[1])),
+        "function_calls": sorted(set(calls)),
+    }
+
+
+def test_plain_linears_compute_megatrons_forward_without_autograd_functions(ckpt):
+    res = run_distributed(_plain_linears_body, 1, ckpt)[0]
+    assert res["installed"] > 0
+    assert res["logits_max_diff"] <= 1e-6
+    assert res["grads_equal"]  # with gradients on, megatron's own path runs: training is unaffected
+    assert not any("Linear" in name for name in res["function_calls"]), res["function_calls"]
 
 
 def _spy_body(rank, world, ckpt):
