@@ -160,9 +160,8 @@ def render(
         "",
         "Model FLOPs (matmuls, forward + backward) of pretraining plus finetuning, mean over seeds, "
         "from the tokens each run consumed. The comparison above is at equal steps: where a pause arm "
-        "processes more tokens per step (packed or unpadded batches) the ratio shows it, and an "
-        "equal-steps gain is then not an equal-compute gain; with batches padded to --seq-length "
-        "every arm costs the same per step.",
+        "processes more tokens per step (finetuning batches end at their last answer token, so pauses "
+        "lengthen them) the ratio shows it, and an equal-steps gain is then not an equal-compute gain.",
         "",
         "| task | variant | M_ft | pretraining | finetuning | total | × baseline |",
         "|---|---|---|---|---|---|---|",
