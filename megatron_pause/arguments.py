@@ -975,8 +975,8 @@ def validate_config(cfg: PretrainConfig, world_size: int, needs_data_path: bool 
     if not tr.skip_train:
         decay = o.lr_decay_iters if o.lr_decay_iters is not None else tr.train_iters
         flag = "--lr-decay-iters" if o.lr_decay_iters is not None else "--train-iters"
-        if o.lr_warmup_iters > decay:
-            add(f"--lr-warmup-iters ({o.lr_warmup_iters}) must not exceed {flag} ({decay})")
+        if o.lr_warmup_iters >= decay:  # the schedule needs at least one iteration after warmup
+            add(f"--lr-warmup-iters ({o.lr_warmup_iters}) must be below {flag} ({decay})")
 
     # --- checkpointing ---
     ck = cfg.checkpoint

@@ -222,9 +222,9 @@ def build_finetune_data(cfg: FinetuneConfig, tokenizer, log):
             samples = train.samples_in_epochs(f.train_epochs)
             t.train_iters = math.ceil(samples / t.global_batch_size)
             decay = cfg.optimizer.lr_decay_iters or t.train_iters
-            if cfg.optimizer.lr_warmup_iters > decay:
+            if cfg.optimizer.lr_warmup_iters >= decay:
                 raise ConfigError(
-                    [f"--lr-warmup-iters ({cfg.optimizer.lr_warmup_iters}) exceeds the {decay} iterations of "
+                    [f"--lr-warmup-iters ({cfg.optimizer.lr_warmup_iters}) is not below the {decay} iterations of "
                      f"--train-epochs {f.train_epochs} ({samples:,d} samples / --global-batch-size {t.global_batch_size})"]
                 )  # fmt: skip
             log.info(

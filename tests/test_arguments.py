@@ -376,6 +376,8 @@ def test_base_configuration_is_valid():
         # Schedule and checkpoints.
         (["--lr", "1e-5", "--min-lr", "1e-4"], 8, ["--lr (1e-05)", "--min-lr (0.0001)"]),
         (["--lr-warmup-iters", "50", "--train-iters", "20"], 8, ["--lr-warmup-iters (50)", "--train-iters (20)"]),
+        # Warmup as long as the run: the LR schedule itself refuses it, so validation must too.
+        (["--lr-warmup-iters", "20", "--train-iters", "20"], 8, ["--lr-warmup-iters (20)", "below --train-iters (20)"]),
         (["--lr-warmup-iters", "50", "--lr-decay-iters", "40", "--train-iters", "100"], 8, ["--lr-decay-iters (40)"]),
         (["--save-interval", "10"], 8, ["--save-interval needs --save"]),
         (["--finetune"], 8, ["--finetune needs --load"]),
