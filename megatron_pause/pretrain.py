@@ -135,15 +135,18 @@ def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any,
         if cfg.checkpoint.load:
             finetune = cfg.checkpoint.finetune
             # With --finetune only weights are taken, but the optimizer is still
-            # passed: under bf16/fp16 its fp32 main params must pick them up.
+            # passed: under bf16/fp16 its fp32 main params must pick them up. --skip-train
+            # (evaluation only) needs no optimizer or schedule state either, so optimizer flags
+            # such as --lr may differ from the saved run's.
+            weights_only = finetune or cfg.training.skip_train
             loaded = checkpoint.load_checkpoint(
                 cfg.checkpoint.load, chunks,
                 optimizer=optimizer,
-                scheduler=None if finetune else scheduler,
+                scheduler=None if weights_only else scheduler,
                 sharding_type=cfg.checkpoint.dist_ckpt_optim_sharding,
                 iteration=cfg.checkpoint.ckpt_step,
                 load_rng=not finetune,
-                load_optimizer_state=not finetune,
+                load_optimizer_state=not weights_only,
                 log=log.info,
             )  # fmt: skip
             if loaded is None:

@@ -76,12 +76,31 @@ def test_tp1_checkpoint_evaluates_identically_at_tp2_pp2(tmp_path):
     common = [*TINY, "--train-iters", "4", "--eval-interval", "100"]
     _pretrain(1, [*common, "--save", ckpt])
     _pretrain(1, [*common, "--load", ckpt, "--skip-train", "--metrics-file", str(m1)])
+    # Evaluation only: optimizer flags that differ from the saved run's do not matter.
+    m_lr = tmp_path / "other_lr.jsonl"
+    _pretrain(
+        1,
+        [
+            *common,
+            "--load",
+            ckpt,
+            "--skip-train",
+            "--lr",
+            "1e-2",
+            "--min-lr",
+            "1e-3",
+            "--metrics-file",
+            str(m_lr),
+        ],
+    )
     _pretrain(
         4,
         [*common, "--load", ckpt, "--skip-train", "--metrics-file", str(m4),
          "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
     )  # fmt: skip
     (v1,), (v4,) = _metrics(str(m1), "valid").values(), _metrics(str(m4), "valid").values()
+    (v_lr,) = _metrics(str(m_lr), "valid").values()
+    assert v_lr["lm_loss"] == v1["lm_loss"] and v_lr["iteration"] == 4
     assert v1["iteration"] == v4["iteration"] == 4
     assert v1["tokens"] == v4["tokens"] > 0
     assert v4["lm_loss"] == pytest.approx(v1["lm_loss"], rel=1e-5)
