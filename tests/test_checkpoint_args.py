@@ -268,7 +268,8 @@ def test_schedule_note_and_override():
 
 
 def test_resume_with_changed_train_iters_says_which_schedule(tiny_checkpoint, capfd):
-    argv = [*RUN, "--model-size", "tiny", "--load", tiny_checkpoint, "--skip-train", "--train-iters", "5"]
+    # A real resume (three more iterations, nothing saved): --skip-train takes weights only.
+    argv = [*RUN, "--model-size", "tiny", "--load", tiny_checkpoint, "--train-iters", "5"]
     code, out, _ = _entry_point(argv, capfd)
     assert code == 0
     assert "LR schedule: continuing the checkpoint's schedule" in out
