@@ -106,7 +106,7 @@ def validate_finetune_config(cfg: FinetuneConfig, world_size: int) -> None:
         # --train-iters is resolved from the epochs once the examples are read; its checks
         # (warmup within the run) are repeated then.
         checked = copy.deepcopy(cfg)
-        checked.training.train_iters = max(cfg.training.train_iters, cfg.optimizer.lr_warmup_iters)
+        checked.training.train_iters = max(cfg.training.train_iters, cfg.optimizer.lr_warmup_iters + 1)
     try:
         validate_config(checked, world_size, needs_data_path=False)
     except ConfigError as e:
