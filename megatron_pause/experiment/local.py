@@ -5,7 +5,7 @@ its output in ``<stage>/log.txt``. A stage starts once its dependencies are comp
 fails blocks only what depends on it, and the rest of the grid goes on. The marker that makes a
 stage "complete" is written only after a zero exit and with every expected output present.
 
-Entry-point stages (``python -m megatron_pause.X``) are forked from a server process that has
+Entry-point stages (``python -m <module>``) are forked from a server process that has
 imported torch and megatron-core once (:mod:`megatron_pause.experiment.preloaded`; ``preload=False``
 starts fresh interpreters instead); the prepare scripts always run as fresh processes.
 
@@ -16,7 +16,6 @@ no orphan keeps writing into a folder that the next run will reuse.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -29,15 +28,7 @@ from dataclasses import dataclass
 from megatron_pause.experiment import preloaded
 from megatron_pause.experiment.plan import Plan, Stage
 
-_PR_SET_PDEATHSIG = 1
 _KIND_ORDER = {"prepare": 0, "pretrain": 1, "finetune": 2, "evaluate": 3}
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: a killed driver may leave its children running
 
 
 def _free_port() -> int:
@@ -118,7 +109,11 @@ class LocalLauncher:
             proc = preloaded.PreloadedProcess(command, self._env(), stage.log)
         else:
             proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self._env(), preexec_fn=_die_with_parent
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                preexec_fn=preloaded.die_with_parent,
             )
         return _Running(stage, proc, time.monotonic(), log)
 

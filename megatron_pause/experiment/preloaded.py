@@ -8,8 +8,9 @@ modules below and forks one child per stage. Each child is exactly what ``python
 argv...`` would be -- the entry point's module runs as ``__main__`` with the stage's argv and
 environment, output to its log -- except that its imports are already done.
 
-Only ``python -m <module>`` stages take this path (scripts run as subprocesses) and only on Linux, where fork is safe for this server: it has run no OpenMP
-region, so children do not inherit a broken thread pool.
+Only ``python -m <module>`` stages take this path (scripts run as subprocesses) and only on
+Linux, where fork is safe for this server: it has run no OpenMP region, so children do not
+inherit a broken thread pool.
 """
 
 from __future__ import annotations
@@ -54,14 +55,20 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (a killed driver leaves no stage
+    writing into a folder the next run reuses); elsewhere a no-op."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: a killed driver may leave its children running
+
+
 def _run_stage(module: str, args: list[str], env: dict[str, str], log_path: str) -> None:
     """The child: the stage's environment and log, then ``python -m module args``."""
     import runpy
 
-    try:  # die with the server, which dies with the driver (as subprocess stages do)
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+    die_with_parent()  # the server's child; the server dies with the driver
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     os.environ.clear()
