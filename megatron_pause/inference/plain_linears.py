@@ -4,8 +4,9 @@ megatron-core's ``ColumnParallelLinear`` and ``RowParallelLinear`` run their loc
 a custom ``torch.autograd.Function`` (it overlaps gradient communication in the backward pass),
 and they do so even under ``torch.inference_mode``. A decode step of a small model is a few
 hundred such calls on one-token inputs, where the ``Function`` machinery costs about as much as
-the matmul itself: profiled on the tiny preset, 3,360 ``Function.apply`` calls were a quarter of
-the decode time, and megatron's engine was slower than Hugging Face's ``generate`` because of it.
+the matmul itself: profiled on the tiny preset, 3,360 ``Function.apply`` calls took 0.31 s of
+1.14 s of decoding (one of several per-layer costs that keep it behind Hugging Face's
+``generate``; see ``benchmarks/decode_overhead_probe.py``).
 
 :func:`install` gives each linear of a model a ``_forward_impl`` (the per-module hook megatron's
 ``forward`` calls for the local matmul) that is ``F.linear`` whenever autograd is off and the
