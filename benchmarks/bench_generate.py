@@ -77,6 +77,21 @@ def to_hf_llama(model, cfg, padded_vocab: int):
     return hf
 
 
+def build_pair(model_cfg, tok):
+    """Process groups (one rank), our GPTModel in eval mode with random weights, and the HF copy
+    of it: ``(model, hf, padded_vocab)``."""
+    from megatron_pause.config import PretrainConfig, TokenizerConfig
+    from megatron_pause.distributed import init_distributed
+    from megatron_pause.models.gpt import build_model_chunks, transformer_config
+
+    cfg = PretrainConfig(model=model_cfg, tokenizer=TokenizerConfig(tokenizer_model=TOKENIZER))
+    init_distributed(cfg.parallel, cfg.model.num_layers, 1234)
+    padded = tok.padded_vocab_size()
+    (model,) = build_model_chunks(cfg.model, transformer_config(cfg.model, cfg.parallel), padded)
+    model.eval()
+    return model, to_hf_llama(model, cfg, padded), padded
+
+
 def _time(fn, repeats: int) -> tuple[float, object]:
     fn()  # warm-up
     best, result = float("inf"), None
@@ -90,10 +105,8 @@ def _time(fn, repeats: int) -> tuple[float, object]:
 def _bench(rank: int, world: int, args) -> list[dict]:
     import torch
 
-    from megatron_pause.config import ModelConfig, PretrainConfig, TokenizerConfig, model_preset
-    from megatron_pause.distributed import init_distributed
+    from megatron_pause.config import ModelConfig, model_preset
     from megatron_pause.inference.engine import PauseGenerator
-    from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.tokenizer import build_tokenizer
 
     torch.set_num_threads(args.threads)
@@ -103,12 +116,7 @@ def _bench(rank: int, world: int, args) -> list[dict]:
         model_cfg = model_preset(preset) if preset != "58m" else ModelConfig(
             num_layers=8, hidden_size=512, ffn_hidden_size=1408, num_attention_heads=8, seq_length=1024
         )  # fmt: skip
-        cfg = PretrainConfig(model=model_cfg, tokenizer=TokenizerConfig(tokenizer_model=TOKENIZER))
-        init_distributed(cfg.parallel, cfg.model.num_layers, 1234)
-        padded = tok.padded_vocab_size()
-        (model,) = build_model_chunks(cfg.model, transformer_config(cfg.model, cfg.parallel), padded)
-        model.eval()
-        hf = to_hf_llama(model, cfg, padded)
+        model, hf, padded = build_pair(model_cfg, tok)
         gen = PauseGenerator(model, tok, padded, max_batch_size=max(args.batches), stop_at_eod=False)
         params = sum(p.numel() for p in model.parameters())
         g = torch.Generator().manual_seed(0)

@@ -32,20 +32,13 @@ NEW_TOKENS, PAUSES, PROMPT = 32, 10, 64
 def _probe(rank: int, world: int, repeats: int) -> None:
     import torch
 
-    from megatron_pause.config import PretrainConfig, TokenizerConfig, model_preset
-    from megatron_pause.distributed import init_distributed
+    from megatron_pause.config import model_preset
     from megatron_pause.inference.engine import PauseGenerator
-    from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.tokenizer import build_tokenizer
 
     torch.set_num_threads(1)
     tok = build_tokenizer("SentencePieceTokenizer", bg.TOKENIZER)
-    cfg = PretrainConfig(model=model_preset("tiny"), tokenizer=TokenizerConfig(tokenizer_model=bg.TOKENIZER))
-    init_distributed(cfg.parallel, cfg.model.num_layers, 1234)
-    padded = tok.padded_vocab_size()
-    (model,) = build_model_chunks(cfg.model, transformer_config(cfg.model, cfg.parallel), padded)
-    model.eval()
-    hf = bg.to_hf_llama(model, cfg, padded)
+    model, hf, padded = bg.build_pair(model_preset("tiny"), tok)
     gen = PauseGenerator(model, tok, padded, max_batch_size=16, stop_at_eod=False)
     ids = torch.randint(10, tok.base_vocab_size, (16, PROMPT), generator=torch.Generator().manual_seed(0))
     suppress = [tok.pause_id, *range(tok.vocab_size, padded)]
