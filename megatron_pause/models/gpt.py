@@ -11,6 +11,11 @@ Two layer specs:
   FP8). Transformer Engine ships in the NVIDIA PyTorch container; without it
   we fail with a clear message before building anything.
 
+In both, megatron's ``SelfAttention`` becomes
+:class:`~megatron_pause.models.self_attention.RotatedKeyCacheSelfAttention`, which differs only
+in KV-cached inference: it caches keys already rotated instead of re-rotating the whole cached
+prefix at every decode step (same parameters, same results).
+
 The default architecture is Llama-style (RoPE, RMSNorm, SwiGLU, no biases,
 untied embeddings) so checkpoints map 1:1 onto Hugging Face ``LlamaForCausalLM``.
 
@@ -37,6 +42,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
     TransformerBlock,
@@ -50,6 +56,7 @@ from megatron_pause.config import FusionConfig, ModelConfig, ParallelConfig, Pre
 from megatron_pause.models import fusions
 from megatron_pause.models.attention import SDPAttention
 from megatron_pause.models.norm import Norm
+from megatron_pause.models.self_attention import RotatedKeyCacheSelfAttention
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -139,19 +146,31 @@ def layer_spec(model: ModelConfig, config: TransformerConfig, vp_stage: int | No
         require_transformer_engine()
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec()
+        return _with_rotated_key_cache(get_gpt_layer_with_transformer_engine_spec())
     layer = get_gpt_layer_local_spec(normalization=model.normalization)
     subs = dataclasses.replace(layer.submodules, input_layernorm=Norm, pre_mlp_layernorm=Norm)
     attn = layer.submodules.self_attention
     subs.self_attention = dataclasses.replace(
         attn, submodules=dataclasses.replace(attn.submodules, core_attention=SDPAttention)
     )
-    layer = dataclasses.replace(layer, submodules=subs)
+    layer = _with_rotated_key_cache(dataclasses.replace(layer, submodules=subs))
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     return ModuleSpec(
         module=TransformerBlock,
         submodules=TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=Norm),
     )
+
+
+def _with_rotated_key_cache(layer: ModuleSpec) -> ModuleSpec:
+    """``layer`` with megatron's ``SelfAttention`` swapped for the subclass whose KV cache holds
+    rotated keys (same values, no per-step re-rotation; see ``models/self_attention.py``)."""
+    attn = layer.submodules.self_attention
+    if attn.module is not SelfAttention:
+        raise RuntimeError(f"expected megatron's SelfAttention in the layer spec, found {attn.module}")
+    subs = dataclasses.replace(
+        layer.submodules, self_attention=dataclasses.replace(attn, module=RotatedKeyCacheSelfAttention)
+    )
+    return dataclasses.replace(layer, submodules=subs)
 
 
 class _DropGPTModelDeprecation(logging.Filter):
