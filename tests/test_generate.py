@@ -117,11 +117,14 @@ def _plain_linears_body(rank, world, ckpt):
         return real_apply(cls, *args, **kwargs)
 
     torch.autograd.Function.apply = classmethod(counting_apply)
+    forwards = g.forward_calls
     try:
         g.generate(prompts(loaded.tokenizer, 3), 2, 4)
     finally:
         torch.autograd.Function.apply = classmethod(real_apply)
     return {
+        "forwards": g.forward_calls - forwards,
+        "mapping_calls": sum("ModelParallelRegion" in name for name in calls),
         "installed": installed,
         "logits_max_diff": float((with_plain[0] - megatron[0]).abs().max()),
         "grads_equal": len(with_plain[1]) == len(megatron[1]) > 0
@@ -136,6 +139,8 @@ def test_plain_linears_compute_megatrons_forward_without_autograd_functions(ckpt
     assert res["logits_max_diff"] <= 1e-6
     assert res["grads_equal"]  # with gradients on, megatron's own path runs: training is unaffected
     assert not any("Linear" in name for name in res["function_calls"]), res["function_calls"]
+    # At TP1 the linears' copy-to / reduce-from mappings (identities) are gone too.
+    assert res["forwards"] > 0 and res["mapping_calls"] == 0, res
 
 
 def _spy_body(rank, world, ckpt):
@@ -398,3 +403,62 @@ def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused(ckpt, tmp_path,
     err = capfd.readouterr().err
     assert "the tokenizer does not fit" in err and "pause id: checkpoint 122" in err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def _rotated_cache_body(rank, world, ckpt):
+    """Prefill + decode logits with keys rotated before caching vs megatron's SelfAttention
+    (which caches unrotated keys and rotates the cached prefix every step), and the key lengths
+    RoPE is applied to during decoding."""
+    from megatron.core.transformer.attention import SelfAttention
+
+    import megatron_pause.models.self_attention as rotated
+    from megatron_pause.inference.engine import _preallocated_context
+
+    loaded, g = open_model(ckpt, max_batch=4)
+    model = loaded.model
+    layers = [m for m in model.modules() if isinstance(m, rotated.RotatedKeyCacheSelfAttention)]
+    x = torch.randint(
+        10, loaded.tokenizer.base_vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)
+    )
+
+    def steps():
+        ctx = _preallocated_context(model, 2, 20)
+        out = [g._forward(x, 0, ctx)]
+        for i in range(6):
+            out.append(g._forward(x[:, i : i + 1], 12 + i, ctx))
+        return torch.stack(out)
+
+    key_lengths = []
+    real_rope = rotated.apply_rotary_pos_emb
+
+    def spy(t, freqs, **kw):
+        key_lengths.append(t.shape[0])
+        return real_rope(t, freqs, **kw)
+
+    rotated.apply_rotary_pos_emb = spy
+    try:
+        ours = steps()
+    finally:
+        rotated.apply_rotary_pos_emb = real_rope
+    for m in layers:
+        m.__class__ = SelfAttention  # megatron's own cache handling, same weights
+    theirs = steps()
+    full = torch.cat([x, x[:, :6]], dim=1)
+    with torch.no_grad():
+        uncached = model(full, torch.arange(full.shape[1])[None], None)[:, 11:].float()
+    return {
+        "layers": len(layers),
+        "max_diff": float((ours - theirs).abs().max()),
+        "uncached_diff": float((ours.transpose(0, 1) - uncached).abs().max()),
+        "key_lengths": key_lengths,
+    }
+
+
+def test_kv_cache_holds_rotated_keys_with_megatrons_results(ckpt):
+    res = run_distributed(_rotated_cache_body, 1, ckpt)[0]
+    assert res["layers"] == 2
+    assert res["max_diff"] <= 1e-6
+    assert res["uncached_diff"] <= 1e-4
+    # RoPE is applied to each new key once: the 12-token prefill, then one key per decode step
+    # per layer (megatron re-rotates the whole cached prefix, 13, 14, ... keys).
+    assert res["key_lengths"] == [12] * 2 + [1] * 2 * 6, res["key_lengths"]
