@@ -66,10 +66,13 @@ def _preallocated_context(model: torch.nn.Module, batch: int, length: int) -> St
     dtype = model.config.params_dtype
     for module in model.modules():
         if isinstance(module, Attention):
-            shape = (length, batch, module.num_query_groups_per_partition)
+            # megatron indexes the cache as [position, batch, group, dim]; the memory behind it is
+            # laid out [batch, group, position, dim], the order attention reads it in, so each
+            # head's keys are one contiguous run (read with unit stride, not every b*g*d floats).
+            shape = (batch, module.num_query_groups_per_partition, length)
             ctx.key_value_memory_dict[module.layer_number] = (
-                torch.empty(*shape, module.key_hidden_size, dtype=dtype, device=dev),
-                torch.empty(*shape, module.val_hidden_size, dtype=dtype, device=dev),
+                torch.empty(*shape, module.key_hidden_size, dtype=dtype, device=dev).permute(2, 0, 1, 3),
+                torch.empty(*shape, module.val_hidden_size, dtype=dtype, device=dev).permute(2, 0, 1, 3),
             )
     return ctx
 
