@@ -405,10 +405,63 @@ def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused(ckpt, tmp_path,
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def _rotated_cache_body(rank, world, ckpt):
+def _split_swiglu_body(rank, world, ckpt):
+    """Logits and gradients with and without the split no-grad SwiGLU."""
+    from megatron_pause.inference import split_swiglu
+
+    loaded, g = open_model(ckpt, max_batch=4)
+    model = loaded.model
+    x = torch.tensor([prompts(loaded.tokenizer, 1)[0]] * 3)
+    pos = torch.arange(x.shape[1])[None]
+    mlps = [
+        m
+        for m in model.modules()
+        if isinstance(m.__dict__.get("forward"), split_swiglu._SplitSwiGLUWhenNoGrad)
+    ]
+    calls = []  # grad mode of every call of the split path (this forked world's class only)
+    real_call = split_swiglu._SplitSwiGLUWhenNoGrad.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return real_call(self, *args, **kwargs)
+
+    split_swiglu._SplitSwiGLUWhenNoGrad.__call__ = counted
+
+    def logits_and_grads():
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            logits = model(x, pos, None)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model(x, pos, None).float().square().mean().backward()
+        return logits, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    split = logits_and_grads()
+    no_grad_calls = calls.count(False)
+    split_swiglu.uninstall(model)
+    megatron = logits_and_grads()
+    return {
+        "installed": len(mlps),
+        "no_grad_calls": no_grad_calls,
+        "logits_max_diff": float((split[0] - megatron[0]).abs().max()),
+        "logits_scale": float(megatron[0].abs().max()),
+        "grads_equal": len(split[1]) == len(megatron[1]) > 0
+        and all(torch.equal(a, b) for a, b in zip(split[1], megatron[1])),
+    }
+
+
+def test_split_swiglu_computes_megatrons_mlp_when_no_grad(ckpt):
+    res = run_distributed(_split_swiglu_body, 1, ckpt)[0]
+    assert res["installed"] == 2 and res["no_grad_calls"] == 2, res  # both layers took the split path
+    assert res["logits_max_diff"] <= 1e-5 * res["logits_scale"], res  # fp32 rounding only
+    assert res["grads_equal"]  # with gradients on, megatron's own MLP runs: training is unaffected
+
+
+def _rotated_cache_body(rank, world, ckpt, interleaved):
     """Prefill + decode logits with keys rotated before caching vs megatron's SelfAttention
-    (which caches unrotated keys and rotates the cached prefix every step), and the key lengths
-    RoPE is applied to during decoding."""
+    (which caches unrotated keys and rotates the cached prefix every step), and what RoPE is
+    applied to during decoding. ``interleaved`` RoPE takes the path that leaves the queries and
+    the RoPE arithmetic to megatron."""
     from megatron.core.transformer.attention import SelfAttention
 
     import megatron_pause.models.self_attention as rotated
@@ -416,6 +469,7 @@ def _rotated_cache_body(rank, world, ckpt):
 
     loaded, g = open_model(ckpt, max_batch=4)
     model = loaded.model
+    model.config.rotary_interleaved = interleaved
     layers = [m for m in model.modules() if isinstance(m, rotated.RotatedKeyCacheSelfAttention)]
     x = torch.randint(
         10, loaded.tokenizer.base_vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)
@@ -428,37 +482,52 @@ def _rotated_cache_body(rank, world, ckpt):
             out.append(g._forward(x[:, i : i + 1], 12 + i, ctx))
         return torch.stack(out)
 
-    key_lengths = []
-    real_rope = rotated.apply_rotary_pos_emb
+    rotated_lengths, cos_tensors = [], []
+    real_rotate, real_rope = rotated._rotate, rotated.apply_rotary_pos_emb
 
-    def spy(t, freqs, **kw):
-        key_lengths.append(t.shape[0])
+    def spy_rotate(t, cos, sin):
+        rotated_lengths.append(t.shape[0])
+        cos_tensors.append(cos)  # kept alive: identity is meaningful
+        return real_rotate(t, cos, sin)
+
+    def spy_rope(t, freqs, **kw):
+        rotated_lengths.append(t.shape[0])
         return real_rope(t, freqs, **kw)
 
-    rotated.apply_rotary_pos_emb = spy
+    rotated._rotate, rotated.apply_rotary_pos_emb = spy_rotate, spy_rope
     try:
         ours = steps()
     finally:
-        rotated.apply_rotary_pos_emb = real_rope
+        rotated._rotate, rotated.apply_rotary_pos_emb = real_rotate, real_rope
     for m in layers:
         m.__class__ = SelfAttention  # megatron's own cache handling, same weights
     theirs = steps()
     full = torch.cat([x, x[:, :6]], dim=1)
     with torch.no_grad():
         uncached = model(full, torch.arange(full.shape[1])[None], None)[:, 11:].float()
+    distinct_cos = []
+    for c in cos_tensors:
+        if not any(c is d for d in distinct_cos):
+            distinct_cos.append(c)
     return {
         "layers": len(layers),
         "max_diff": float((ours - theirs).abs().max()),
         "uncached_diff": float((ours.transpose(0, 1) - uncached).abs().max()),
-        "key_lengths": key_lengths,
+        "rotated_lengths": rotated_lengths,
+        "cos_computed": len(distinct_cos),
     }
 
 
-def test_kv_cache_holds_rotated_keys_with_megatrons_results(ckpt):
-    res = run_distributed(_rotated_cache_body, 1, ckpt)[0]
+@pytest.mark.parametrize("interleaved", [False, True], ids=["plain-rope", "interleaved-rope"])
+def test_kv_cache_holds_rotated_keys_with_megatrons_results(ckpt, interleaved):
+    res = run_distributed(_rotated_cache_body, 1, ckpt, interleaved)[0]
     assert res["layers"] == 2
-    assert res["max_diff"] <= 1e-6
+    assert res["max_diff"] == 0.0  # megatron's arithmetic, bitwise
     assert res["uncached_diff"] <= 1e-4
     # RoPE is applied to each new key once: the 12-token prefill, then one key per decode step
-    # per layer (megatron re-rotates the whole cached prefix, 13, 14, ... keys).
-    assert res["key_lengths"] == [12] * 2 + [1] * 2 * 6, res["key_lengths"]
+    # per layer (megatron re-rotates the whole cached prefix: 13, 14, ... keys).
+    if interleaved:  # keys only; megatron rotates the queries
+        assert res["rotated_lengths"] == [12] * 2 + [1] * 2 * 6, res
+    else:  # queries and keys, with cos/sin computed once per forward for all layers
+        assert res["rotated_lengths"] == [12] * 4 + [1] * 4 * 6, res
+        assert res["cos_computed"] == 7, res

@@ -43,7 +43,7 @@ from megatron.core.inference.utils import InferenceMode
 from megatron.core.transformer.attention import Attention
 
 from megatron_pause import platform
-from megatron_pause.inference import plain_linears
+from megatron_pause.inference import plain_linears, split_swiglu
 from megatron_pause.inference.sampling import SamplingConfig, banned_mask, choose_next
 from megatron_pause.pause import append_pauses
 
@@ -96,6 +96,7 @@ class PauseGenerator:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
         plain_linears.install(model)  # no autograd Function per matmul (see the module's docstring)
+        split_swiglu.install(model)  # contiguous gate/up, no strided activation (ditto)
         self.tokenizer = tokenizer
         self.pause_id = tokenizer.pause_id
         self.stop_at_eod = stop_at_eod  # False: always max_new_tokens (benchmarks)
