@@ -6,8 +6,11 @@ tokenizer's vocabulary), copies the weights into a ``transformers`` ``LlamaForCa
 Llama-style default architecture maps 1:1), checks that both give the same logits, then times
 greedy decoding of fixed-length prompts followed by M pauses, ``--new-tokens`` tokens each
 (eod ignored, ``<pause>`` and the padded vocabulary suppressed on both sides), at each batch
-size. Reported: generated tokens/s (new tokens x batch / wall time, prefill included), the
-minimum over ``--repeats`` runs after a warm-up, and whether the token ids agree with HF.
+size. Reported: generated tokens/s (new tokens x batch / wall time, prefill included; the best of
+``--repeats`` runs after a warm-up), ``ours/HF``: the geometric mean over the repeats of HF's
+time / ours with the two run back to back in each repeat, and its 95% confidence interval (this
+machine's speed drifts by 10-20% between blocks of runs; adjacent runs see the same), and whether
+the token ids agree with HF. The uncached reference (full recomputation per token) is timed once.
 
     python benchmarks/bench_generate.py [--presets tiny,130m] [--batches 1,16] [--threads 1]
 """
@@ -15,7 +18,9 @@ minimum over ``--repeats`` runs after a warm-up, and whether the token ids agree
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -92,14 +97,32 @@ def build_pair(model_cfg, tok):
     return model, to_hf_llama(model, cfg, padded), padded
 
 
-def _time(fn, repeats: int) -> tuple[float, object]:
-    fn()  # warm-up
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+def _paired(ours, theirs, repeats: int):
+    """Both after a warm-up, then ``repeats`` rounds of one run each, back to back (the order
+    alternating): ``(best ours, best theirs, (theirs/ours, 95% CI), ours' result, theirs' result)``."""
+    r_ours, r_theirs = ours(), theirs()
+    t_ours, t_theirs, ratios = [], [], []
+    for i in range(repeats):
+        for fn, times in ((ours, t_ours), (theirs, t_theirs))[:: 1 if i % 2 == 0 else -1]:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        ratios.append(t_theirs[-1] / t_ours[-1])
+    return min(t_ours), min(t_theirs), _ratio_ci(ratios), r_ours, r_theirs
+
+
+def _ratio_ci(ratios: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of the paired ratios and its 95% t-interval (on the log ratios)."""
+    from megatron_pause.evaluation.report import t_quantile_975
+
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    half = (
+        t_quantile_975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+        if len(logs) > 1
+        else 0.0
+    )
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
 def _bench(rank: int, world: int, args) -> list[dict]:
@@ -141,27 +164,30 @@ def _bench(rank: int, world: int, args) -> list[dict]:
                     )  # fmt: skip
                 return out[:, hf_in.shape[1] :].tolist()
 
-            t_hf, hf_tokens = _time(run_hf, args.repeats)
+            def run_ours(prompts=prompts, n=n, gen=gen, cache=True):
+                return [c.tokens for c in gen.generate(prompts, args.pauses, n, use_cache=cache)]
+
+            t, t_hf, ratio, ours_tokens, hf_tokens = _paired(run_ours, run_hf, args.repeats)
+            timings = [("cached", t, ratio, ours_tokens)]
             # The uncached reference recomputes every position each step: at 130M x batch 16 that
             # is minutes per run on one thread, so it is timed where it stays cheap.
-            uncached = not args.skip_uncached and (batch == 1 or params < 20e6)
-            variants = [("cached", True)] + ([("uncached", False)] if uncached else [])
-            for name, cache in variants:
-
-                def run_ours(prompts=prompts, n=n, cache=cache, gen=gen):
-                    return [c.tokens for c in gen.generate(prompts, args.pauses, n, use_cache=cache)]
-
-                repeats = args.repeats if cache else 1
-                t, ours_tokens = _time(run_ours, repeats)
+            if not args.skip_uncached and (batch == 1 or params < 20e6):
+                t0 = time.perf_counter()
+                uncached_tokens = run_ours(cache=False)
+                t_unc = time.perf_counter() - t0
+                timings.append(("uncached", t_unc, (t_hf / t_unc,) * 3, uncached_tokens))
+            for name, t, ratio, ours_tokens in timings:
                 rows.append(dict(
                     preset=preset, params_m=params / 1e6, batch=batch, variant=name,
-                    ours_tok_s=batch * n / t, hf_tok_s=batch * n / t_hf, ratio=t_hf / t,
+                    ours_tok_s=batch * n / t, hf_tok_s=batch * n / t_hf, ratio=ratio[0],
+                    ratio_ci95=ratio[1:],
                     same_tokens=ours_tokens == hf_tokens, logit_diff=logit_diff,
                 ))  # fmt: skip
                 r = rows[-1]
                 print(
                     f"{preset:>5} ({r['params_m']:.1f}M) batch {batch:>2} {name:>8}: ours {r['ours_tok_s']:7.1f} tok/s, "
-                    f"HF {r['hf_tok_s']:7.1f} tok/s, ours/HF {r['ratio']:.2f}, same tokens {r['same_tokens']}, "
+                    f"HF {r['hf_tok_s']:7.1f} tok/s, ours/HF {r['ratio']:.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}], "
+                    f"same tokens {r['same_tokens']}, "
                     f"max |logit diff| {logit_diff:.1e}",
                     flush=True,
                 )
@@ -179,7 +205,7 @@ def main() -> int:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--pauses", type=int, default=10)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-uncached", action="store_true")
     args = p.parse_args()

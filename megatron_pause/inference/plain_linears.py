@@ -7,8 +7,8 @@ all of it even under ``torch.inference_mode`` and even at TP1, where the mapping
 A decode step of a small model is a few hundred such calls on one-token inputs, where the
 ``Function`` machinery costs about as much as the matmul itself: profiled on the tiny preset,
 3,360 ``Function.apply`` calls took 0.31 s of 1.14 s of decoding, and removing the TP1 mappings
-alone moved batch-1 decoding from 0.90x to 1.08x Hugging Face's speed
-(``benchmarks/decode_overhead_probe.py``).
+alone moved tiny batch-1 generation from 0.90x to 1.08x Hugging Face's speed (paired runs with
+the probe removed after commit 7e4a470; ``benchmarks/bench_generate.py`` measures the result).
 
 :func:`install` gives each linear of a model two per-instance replacements, both active only
 while autograd is off:
