@@ -38,10 +38,16 @@ def test_without_fp8_flags_nothing_is_fp8():
 
 
 def test_transformer_engine_impl_selects_megatrons_te_spec(monkeypatch):
+    """The TE spec is megatron's own, with only its SelfAttention swapped for the rotated-key
+    cache subclass (a stand-in spec plays TE's, which cannot be built without TE)."""
     import megatron.core.models.gpt.gpt_layer_specs as specs
+    from megatron.core.transformer.attention import SelfAttention
 
-    sentinel = object()
-    monkeypatch.setattr(specs, "get_gpt_layer_with_transformer_engine_spec", lambda *a, **k: sentinel)
+    from megatron_pause.models.self_attention import RotatedKeyCacheSelfAttention
+
+    stand_in = specs.get_gpt_layer_local_spec()
+    assert stand_in.submodules.self_attention.module is SelfAttention
+    monkeypatch.setattr(specs, "get_gpt_layer_with_transformer_engine_spec", lambda *a, **k: stand_in)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
@@ -50,7 +56,13 @@ def test_transformer_engine_impl_selects_megatrons_te_spec(monkeypatch):
     )
     cfg = parse_args(FP8_ARGV)
     tcfg = gpt.transformer_config(cfg.model, cfg.parallel, cfg.precision, cfg.training)
-    assert gpt.layer_spec(cfg.model, tcfg) is sentinel
+    spec = gpt.layer_spec(cfg.model, tcfg)
+    attn, orig = spec.submodules.self_attention, stand_in.submodules.self_attention
+    assert attn.module is RotatedKeyCacheSelfAttention
+    assert attn.submodules is orig.submodules and attn.params == orig.params
+    for field in ("input_layernorm", "mlp", "pre_mlp_layernorm", "self_attn_bda", "mlp_bda"):
+        assert getattr(spec.submodules, field) is getattr(stand_in.submodules, field), field
+    assert spec.module is stand_in.module
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformer_engine") is not None, reason="TE is installed")
