@@ -85,6 +85,17 @@ def test_cached_equals_uncached_and_batched_equals_single(ckpt):
     assert res[3][0] != res[0][0]  # the pauses change what the model computes
 
 
+def _logits_and_grads(model, x, pos):
+    """No-grad logits, then the gradients of a loss on a forward with autograd on."""
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        logits = model(x, pos, None)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model(x, pos, None).float().square().mean().backward()
+    return logits, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
 def _plain_linears_body(rank, world, ckpt):
     """Logits and gradients with and without the plain no-grad linears, and how many autograd
     Function calls a generation makes."""
@@ -95,18 +106,9 @@ def _plain_linears_body(rank, world, ckpt):
     x = torch.tensor([prompts(loaded.tokenizer, 1)[0]])
     pos = torch.arange(x.shape[1])[None]
 
-    def logits_and_grads():
-        model.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            logits = model(x, pos, None)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model(x, pos, None).float().square().mean().backward()
-        return logits, [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-    with_plain = logits_and_grads()
+    with_plain = _logits_and_grads(model, x, pos)
     plain_linears.uninstall(model)
-    megatron = logits_and_grads()
+    megatron = _logits_and_grads(model, x, pos)
     installed = plain_linears.install(model)
 
     calls = []
@@ -427,19 +429,10 @@ def _split_swiglu_body(rank, world, ckpt):
 
     split_swiglu._SplitSwiGLUWhenNoGrad.__call__ = counted
 
-    def logits_and_grads():
-        model.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            logits = model(x, pos, None)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model(x, pos, None).float().square().mean().backward()
-        return logits, [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-    split = logits_and_grads()
+    split = _logits_and_grads(model, x, pos)
     no_grad_calls = calls.count(False)
     split_swiglu.uninstall(model)
-    megatron = logits_and_grads()
+    megatron = _logits_and_grads(model, x, pos)
     return {
         "installed": len(mlps),
         "no_grad_calls": no_grad_calls,
