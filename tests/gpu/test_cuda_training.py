@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gpu_worlds import single_rank_nccl_group
 
 from megatron_pause.config import FusionConfig, ParallelConfig, PrecisionConfig, model_preset
 from megatron_pause.testing import free_port
@@ -29,13 +30,9 @@ PADDED_VOCAB = 1024
 
 @pytest.fixture(scope="module")
 def process_group():
-    from megatron_pause.distributed import LaunchEnv, destroy_distributed, init_distributed
-
-    launch = LaunchEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=free_port())
-    init_distributed(ParallelConfig(), num_layers=model_preset("tiny").num_layers, seed=1234, launch=launch)
-    assert torch.distributed.get_backend() == "nccl"
-    yield
-    destroy_distributed()
+    with single_rank_nccl_group(num_layers=model_preset("tiny").num_layers, seed=1234):
+        assert torch.distributed.get_backend() == "nccl"
+        yield
 
 
 def forward_backward(model_cfg, precision: PrecisionConfig, batch: int = 2) -> tuple[torch.Tensor, list]:

@@ -12,21 +12,17 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from gpu_worlds import single_rank_nccl_group
 
 from megatron_pause.config import ModelConfig, ParallelConfig
-from megatron_pause.testing import free_port
 
 HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
 
 
 @pytest.fixture(scope="module")
 def process_group():
-    from megatron_pause.distributed import LaunchEnv, destroy_distributed, init_distributed
-
-    launch = LaunchEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=free_port())
-    init_distributed(ParallelConfig(), num_layers=2, seed=3, launch=launch)
-    yield
-    destroy_distributed()
+    with single_rank_nccl_group(num_layers=2, seed=3):
+        yield
 
 
 @pytest.mark.parametrize(
