@@ -54,6 +54,7 @@ from megatron.core.transformer.attention import Attention
 from megatron_pause import platform
 from megatron_pause.inference import plain_linears, split_swiglu
 from megatron_pause.inference.sampling import SamplingConfig, banned_mask, choose_next
+from megatron_pause.models.attention import SDPAttention
 from megatron_pause.pause import append_pauses
 
 
@@ -74,15 +75,20 @@ def _preallocated_context(model: torch.nn.Module, batch: int, length: int) -> St
     dev = platform.device()
     dtype = model.config.params_dtype
     for module in model.modules():
-        if isinstance(module, Attention):
-            # megatron indexes the cache as [position, batch, group, dim]; the memory behind it is
-            # laid out [batch, group, position, dim], the order attention reads it in, so each
-            # head's keys are one contiguous run (read with unit stride, not every b*g*d floats).
-            shape = (batch, module.num_query_groups_per_partition, length)
-            ctx.key_value_memory_dict[module.layer_number] = (
-                torch.empty(*shape, module.key_hidden_size, dtype=dtype, device=dev).permute(2, 0, 1, 3),
-                torch.empty(*shape, module.val_hidden_size, dtype=dtype, device=dev).permute(2, 0, 1, 3),
-            )
+        if not isinstance(module, Attention):
+            continue
+        groups = module.num_query_groups_per_partition
+        # megatron indexes the cache as [position, batch, group, dim]. For our SDPA the memory
+        # behind that view is laid out [batch, group, position, dim], the order attention reads it
+        # in, so each head's keys are one contiguous run (unit stride, not every b*g*d floats).
+        # Transformer Engine's attention infers its layout from the strides: it gets megatron's.
+        ours = isinstance(module.core_attention, SDPAttention)
+        shape = (batch, groups, length) if ours else (length, batch, groups)
+        k = torch.empty(*shape, module.key_hidden_size, dtype=dtype, device=dev)
+        v = torch.empty(*shape, module.val_hidden_size, dtype=dtype, device=dev)
+        if ours:
+            k, v = k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3)
+        ctx.key_value_memory_dict[module.layer_number] = (k, v)
     return ctx
 
 
