@@ -14,13 +14,14 @@ process's device (megatron would allocate it on ``torch.cuda.current_device()``)
 is needed.
 
 **Speed.** On CPU, megatron's layers as they are decode at ~0.8x Hugging Face ``generate`` on the
-same weights. Four changes that compute the same function (up to fp32 rounding) bring it past:
+same weights. Four changes that compute the same function (up to fp32 rounding) bring it level or ahead:
 the KV cache holds keys already rotated (``models/self_attention.py``; megatron re-rotated the
 whole cached prefix every step), its memory is laid out ``[batch, group, position, dim]`` behind
 megatron's ``[position, batch, ...]`` indexing (unit-stride reads in attention), and with
 autograd off the linears skip megatron's autograd ``Function`` s (``plain_linears``) and SwiGLU
 runs on contiguous halves (``split_swiglu``). ``benchmarks/bench_generate.py`` measures ours/HF
-at 1.04-1.24x (tiny and 130M presets, batch 1 and 16, one thread) with identical tokens.
+at 1.01-1.24x (tiny and 130M presets, batch 1 and 16, one thread) with identical tokens; the low end
+is the 130M model at batch 1, where both stream the same weights once per token.
 
 **Mixed prompt lengths.** Prompts are sorted by length and batched; a batch is prefilled up to
 its shortest prompt, then advanced one position per step, where a row still inside its prompt
