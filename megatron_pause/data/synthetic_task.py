@@ -88,21 +88,13 @@ def answers(items: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return (items > queries[:, None]).sum(axis=1)
 
 
-def prompt_text(items: np.ndarray, query: int, fmt: TaskFormat) -> str:
-    words = [value_word(int(x)) for x in items]
-    if fmt == "query_last":
-        return " ".join([*words, SEPARATOR, query_word(int(query)), EQUALS])
-    if fmt == "query_first":
-        return " ".join([query_word(int(query)), SEPARATOR, *words, EQUALS])
-    raise ValueError(f"unknown task format {fmt!r}; choose one of {sorted(set(TASK_FORMATS.values()))}")
-
-
 def examples(cfg: ThresholdCountConfig, count: int, seed: int, fmt: TaskFormat) -> Iterator[dict[str, str]]:
-    """``{"prompt", "answer"}`` records, the finetuning and evaluation format."""
+    """``{"prompt", "answer"}`` records, the finetuning and evaluation format: the items' words
+    and the query word around the separator (query last or first), then ``=``."""
+    if fmt not in TASK_FORMATS.values():
+        raise ValueError(f"unknown task format {fmt!r}; choose one of {sorted(set(TASK_FORMATS.values()))}")
     items, queries = sample_problems(cfg, count, seed)
-    if fmt not in ("query_last", "query_first"):
-        prompt_text(items[0], queries[0], fmt)  # raises the unknown-format error
-    # prompt_text's words from lookup tables: two million records are written per grid.
+    # Words from lookup tables: two million records are written per grid.
     values = [value_word(i) for i in range(cfg.num_values)]
     query_words = [query_word(i) for i in range(cfg.num_values)]
     for row, q, a in zip(items.tolist(), queries.tolist(), answers(items, queries).tolist()):
