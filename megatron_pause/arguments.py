@@ -696,6 +696,19 @@ def _data_file_problems(prefix: str) -> list[str]:
     return []
 
 
+def warmup_problem(cfg: PretrainConfig, run_length: str) -> str | None:
+    """The LR schedule needs at least one iteration after warmup: the problem, or None.
+    ``run_length`` names ``--train-iters`` (however it was set) for the message."""
+    o = cfg.optimizer
+    if o.lr_decay_iters is not None:
+        decay, what = o.lr_decay_iters, f"--lr-decay-iters ({o.lr_decay_iters})"
+    else:
+        decay, what = cfg.training.train_iters, run_length
+    if o.lr_warmup_iters >= decay:
+        return f"--lr-warmup-iters ({o.lr_warmup_iters}) must be below {what}"
+    return None
+
+
 def validate_config(cfg: PretrainConfig, world_size: int, needs_data_path: bool = True) -> None:
     """Reject configurations that cannot run on ``world_size`` processes, or are contradictory.
 
@@ -973,10 +986,9 @@ def validate_config(cfg: PretrainConfig, world_size: int, needs_data_path: bool 
     if o.lr < o.min_lr:
         add(f"--lr ({o.lr}) must be >= --min-lr ({o.min_lr})")
     if not tr.skip_train:
-        decay = o.lr_decay_iters if o.lr_decay_iters is not None else tr.train_iters
-        flag = "--lr-decay-iters" if o.lr_decay_iters is not None else "--train-iters"
-        if o.lr_warmup_iters >= decay:  # the schedule needs at least one iteration after warmup
-            add(f"--lr-warmup-iters ({o.lr_warmup_iters}) must be below {flag} ({decay})")
+        problem = warmup_problem(cfg, f"--train-iters ({tr.train_iters})")
+        if problem:
+            add(problem)
 
     # --- checkpointing ---
     ck = cfg.checkpoint

@@ -30,6 +30,7 @@ from megatron_pause.arguments import (
     build_parser,
     parse_args_and_given,
     validate_config,
+    warmup_problem,
 )
 from megatron_pause.finetune_config import FinetuneConfig, FinetuneDataConfig
 
@@ -103,8 +104,8 @@ def validate_finetune_config(cfg: FinetuneConfig, world_size: int) -> None:
     problems: list[str] = []
     checked = cfg
     if cfg.finetune.train_epochs is not None:
-        # --train-iters is resolved from the epochs once the examples are read; its checks
-        # (warmup within the run) are repeated then.
+        # --train-iters is resolved from the epochs once the examples are read; its check
+        # (warmup_problem: warmup within the run) is made then.
         checked = copy.deepcopy(cfg)
         checked.training.train_iters = max(cfg.training.train_iters, cfg.optimizer.lr_warmup_iters + 1)
     try:
@@ -221,12 +222,12 @@ def build_finetune_data(cfg: FinetuneConfig, tokenizer, log):
         if f.train_epochs is not None:
             samples = train.samples_in_epochs(f.train_epochs)
             t.train_iters = math.ceil(samples / t.global_batch_size)
-            decay = cfg.optimizer.lr_decay_iters or t.train_iters
-            if cfg.optimizer.lr_warmup_iters >= decay:
-                raise ConfigError(
-                    [f"--lr-warmup-iters ({cfg.optimizer.lr_warmup_iters}) is not below the {decay} iterations of "
-                     f"--train-epochs {f.train_epochs} ({samples:,d} samples / --global-batch-size {t.global_batch_size})"]
-                )  # fmt: skip
+            problem = warmup_problem(
+                cfg, f"the {t.train_iters} iterations of --train-epochs {f.train_epochs} "
+                f"({samples:,d} samples / --global-batch-size {t.global_batch_size})",
+            )  # fmt: skip
+            if problem:
+                raise ConfigError([problem])
             log.info(
                 f"--train-epochs {f.train_epochs}: {samples:,d} samples = {t.train_iters} iterations of "
                 f"{t.global_batch_size}"

@@ -246,6 +246,20 @@ def test_four_variants_run_end_to_end(tmp_path, capfd):
     assert len({r["lm_loss"] for r in results.values()}) == 4
 
 
+def test_warmup_longer_than_the_epochs_run_is_refused_once_its_length_is_known(tmp_path, capfd):
+    """--train-epochs fixes --train-iters only after the examples are read; the warmup rule of
+    validate_config (warmup_problem) is applied then, naming how the length came about."""
+    data = _write_examples(tmp_path / "train.jsonl", _bundled_examples(8))
+    argv = [*MODEL, "--train-data-path", data, "--micro-batch-size", "1", "--global-batch-size", "2",
+            "--train-epochs", "1", "--lr-warmup-iters", "4"]  # fmt: skip
+    capfd.readouterr()
+    # A forked rank: the refusal comes after the model is built, and torch must not run in the
+    # parent of the later tests' forks.
+    assert run_distributed(_main, 1, "finetune", argv, timeout=300) == [2]  # 8 examples / 2 = 4 iterations
+    err = capfd.readouterr().err
+    assert "--lr-warmup-iters (4) must be below the 4 iterations of --train-epochs 1" in err, err
+
+
 def test_flags_that_contradict_the_checkpoint_are_refused_before_loading(tmp_path, capfd):
     """The pretraining entry point's check (checkpoint_args) guards finetuning's --load too."""
     from megatron_pause.finetune import main
