@@ -63,11 +63,6 @@ def run(cfg: PretrainConfig):
     return run_training(cfg, _pretraining_data)
 
 
-def _trim_multiple(cfg: PretrainConfig) -> int:
-    """Sequence parallelism splits the sequence over tensor-parallel ranks: keep it divisible."""
-    return cfg.parallel.tensor_model_parallel_size if cfg.parallel.sequence_parallel else 1
-
-
 def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any, Any], RunData]):
     """The run shared by pretraining and finetuning: process groups, tokenizer, ``build_data``
     (which may resolve run lengths in ``cfg`` before the LR schedule is built), model with pause
@@ -82,7 +77,7 @@ def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any,
     from megatron_pause.models import fusions
     from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.models.pause_vocab import init_pause_rows
-    from megatron_pause.training import checkpoint
+    from megatron_pause.training import checkpoint, sparse_targets
     from megatron_pause.training.batches import MicrobatchLoader
     from megatron_pause.training.data import build_run_tokenizer
     from megatron_pause.training.flops import detect_peak_flops, model_flops_per_token
@@ -184,7 +179,7 @@ def run_training(cfg: PretrainConfig, build_data: Callable[[PretrainConfig, Any,
                 dp_size,
                 state.consumed_samples,
                 num_workers=cfg.data.num_workers,
-                trim_multiple=_trim_multiple(cfg) if data.sparse_targets else None,
+                trim_multiple=sparse_targets.trim_multiple(cfg.parallel) if data.sparse_targets else None,
             )
         valid_factory = None
         if valid_ds is not None:

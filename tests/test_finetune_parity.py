@@ -67,7 +67,7 @@ def _finetune_body(rank: int, world: int, layout: pw.Layout, ckpt: str) -> dict:
     from megatron_pause.loss import PauseMaskedLoss, PauseMaskedLossWithAccuracy
     from megatron_pause.models.gpt import build_model_chunks, transformer_config
     from megatron_pause.training.checkpoint import load_checkpoint
-    from megatron_pause.training.sparse_targets import trim_trailing_columns
+    from megatron_pause.training.sparse_targets import trim_multiple, trim_trailing_columns
     from megatron_pause.training.step import (
         build_optimizer,
         eval_step,
@@ -79,7 +79,7 @@ def _finetune_body(rank: int, world: int, layout: pw.Layout, ckpt: str) -> dict:
     model, par, prec = pw.tiny_model(), layout.parallel(), PrecisionConfig()
     init_distributed(par, model.num_layers, seed=pw.SEED)
     losses = (PauseMaskedLoss(pw.PAUSE_ID), PauseMaskedLossWithAccuracy(pw.PAUSE_ID))
-    multiple = par.tensor_model_parallel_size if par.sequence_parallel else 1
+    multiple = trim_multiple(par)
     out = {}
     for mode, pack, mbs in (("padded", False, 2), ("packed", True, 1), ("sparse", False, 2)):
         sparse = mode == "sparse"

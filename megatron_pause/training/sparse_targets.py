@@ -24,6 +24,12 @@ from __future__ import annotations
 import torch
 
 
+def trim_multiple(parallel) -> int:
+    """What a trimmed length must stay divisible by: sequence parallelism splits the sequence
+    over the tensor-parallel ranks (``parallel``: a :class:`~megatron_pause.config.ParallelConfig`)."""
+    return parallel.tensor_model_parallel_size if parallel.sequence_parallel else 1
+
+
 def trim_trailing_columns(microbatches: list[dict], multiple: int = 1) -> int:
     """Cut every microbatch after the global batch's last target column (in place); return the
     new sequence length. ``multiple``: keep the length divisible by it (sequence parallelism)."""
