@@ -78,21 +78,8 @@ def test_tp1_checkpoint_evaluates_identically_at_tp2_pp2(tmp_path):
     _pretrain(1, [*common, "--load", ckpt, "--skip-train", "--metrics-file", str(m1)])
     # Evaluation only: optimizer flags that differ from the saved run's do not matter.
     m_lr = tmp_path / "other_lr.jsonl"
-    _pretrain(
-        1,
-        [
-            *common,
-            "--load",
-            ckpt,
-            "--skip-train",
-            "--lr",
-            "1e-2",
-            "--min-lr",
-            "1e-3",
-            "--metrics-file",
-            str(m_lr),
-        ],
-    )
+    _pretrain(1, [*common, "--load", ckpt, "--skip-train", "--lr", "1e-2", "--min-lr", "1e-3",
+                  "--metrics-file", str(m_lr)])  # fmt: skip
     _pretrain(
         4,
         [*common, "--load", ckpt, "--skip-train", "--metrics-file", str(m4),
