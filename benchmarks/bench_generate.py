@@ -30,21 +30,26 @@ TOKENIZER = os.path.join(REPO, "examples/data/sample_tokenizer.model")
 
 
 def to_hf_llama(model, cfg, padded_vocab: int):
-    """A ``LlamaForCausalLM`` holding the weights of a TP1/PP1 megatron GPTModel."""
+    """A ``LlamaForCausalLM`` holding the weights of a TP1/PP1 megatron GPTModel, mapped by the
+    conversion's weight map (proven by logits in tests/test_conversion.py), which works on the
+    on-disk (TE) parameter names."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from megatron_pause.conversion import llama
+    from megatron_pause.conversion.export import llama_shape
+    from megatron_pause.models.te_names import state_dict_to_te
+
     m = cfg.model
-    heads, groups = m.num_attention_heads, m.num_query_groups or m.num_attention_heads
-    head_dim = m.hidden_size // heads
+    shape = llama_shape(m, padded_vocab)
     hf = LlamaForCausalLM(
         LlamaConfig(
             vocab_size=padded_vocab,
             hidden_size=m.hidden_size,
             intermediate_size=m.ffn_hidden_size,
             num_hidden_layers=m.num_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=groups,
-            head_dim=head_dim,
+            num_attention_heads=shape.num_attention_heads,
+            num_key_value_heads=shape.num_query_groups,
+            head_dim=shape.head_dim,
             max_position_embeddings=m.max_position_embeddings,
             rms_norm_eps=m.norm_epsilon,
             rope_theta=float(m.rotary_base),
@@ -53,28 +58,15 @@ def to_hf_llama(model, cfg, padded_vocab: int):
             mlp_bias=False,
         )  # fmt: skip
     ).eval()
-    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    sd = state_dict_to_te({k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")})
     out = {
-        "model.embed_tokens.weight": sd["embedding.word_embeddings.weight"],
-        "model.norm.weight": sd["decoder.final_layernorm.weight"],
-        "lm_head.weight": sd["output_layer.weight"],
+        llama.HF_EMBEDDING: sd[llama.EMBEDDING],
+        llama.HF_FINAL_NORM: sd[llama.FINAL_NORM],
+        llama.HF_LM_HEAD: sd[llama.OUTPUT_LAYER],
     }
-    per_group = heads // groups
     for i in range(m.num_layers):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        # megatron packs q, k, v per query group: [groups, per_group + 2, head_dim, hidden].
-        qkv = sd[src + "self_attention.linear_qkv.weight"].view(
-            groups, per_group + 2, head_dim, m.hidden_size
-        )
-        out[dst + "self_attn.q_proj.weight"] = qkv[:, :per_group].reshape(-1, m.hidden_size)
-        out[dst + "self_attn.k_proj.weight"] = qkv[:, per_group].reshape(-1, m.hidden_size)
-        out[dst + "self_attn.v_proj.weight"] = qkv[:, per_group + 1].reshape(-1, m.hidden_size)
-        out[dst + "self_attn.o_proj.weight"] = sd[src + "self_attention.linear_proj.weight"]
-        gate, up = sd[src + "mlp.linear_fc1.weight"].chunk(2, dim=0)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
-        out[dst + "mlp.down_proj.weight"] = sd[src + "mlp.linear_fc2.weight"]
-        out[dst + "input_layernorm.weight"] = sd[src + "input_layernorm.weight"]
-        out[dst + "post_attention_layernorm.weight"] = sd[src + "pre_mlp_layernorm.weight"]
+        layer = {suffix: sd[f"{llama.LAYER_PREFIX}{i}.{suffix}"] for suffix in llama.LAYER_PARAMS}
+        out.update(llama.hf_layer_from_megatron(layer, i, shape))
     missing, unexpected = hf.load_state_dict({k: v.clone() for k, v in out.items()}, strict=False)
     missing = [k for k in missing if "rotary" not in k]
     if missing or unexpected:
