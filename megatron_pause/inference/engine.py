@@ -20,8 +20,9 @@ whole cached prefix every step), its memory is laid out ``[batch, group, positio
 megatron's ``[position, batch, ...]`` indexing (unit-stride reads in attention), and with
 autograd off the linears skip megatron's autograd ``Function`` s (``plain_linears``) and SwiGLU
 runs on contiguous halves (``split_swiglu``). ``benchmarks/bench_generate.py`` measures ours/HF
-at 1.01-1.24x (tiny and 130M presets, batch 1 and 16, one thread) with identical tokens; the low end
-is the 130M model at batch 1, where both stream the same weights once per token.
+at 1.01-1.29x over two runs on two machines (tiny and 130M presets, batch 1 and 16, one thread)
+with identical tokens; the low end is the 130M model at batch 1 (1.02, 95% CI 1.02-1.03, in the
+second run), where both stream the same weights once per token.
 
 **Mixed prompt lengths.** Prompts are sorted by length and batched; a batch is prefilled up to
 its shortest prompt, then advanced one position per step, where a row still inside its prompt
