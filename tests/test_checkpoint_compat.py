@@ -7,8 +7,8 @@ step count, LR schedule and data position all come back). On the CPU that wrote 
 is bitwise; on another x86 CPU torch's fp32 kernels reduce in another order (on an AVX-512/AMX
 Xeon, ``MKL_CBWR`` alone changes which of the four numbers match exactly), measured at <= 8.4e-8
 relative. So the check is to 1e-6 relative: resuming without the Adam moments moves iteration 6 by
-2.1e-5 (loss) and 7.1e-3 (grad norm), 20x and 10^4x past it. 0.19 reads 0.16's ``common.pt`` but no longer writes it, so the format is forward-only;
-the version each checkpoint was written with is recorded in ``megatron_pause.json``.
+2.1e-5 (loss) and 7.1e-3 (grad norm), 21x and 7000x past it. 0.19 reads 0.16's ``common.pt`` but no
+longer writes it, so the format is forward-only; the version each checkpoint was written with is recorded in ``megatron_pause.json``.
 """
 
 from __future__ import annotations
@@ -46,17 +46,8 @@ def _resume(tmp_path: Path, drop_moments: bool = False) -> tuple[Path, dict[int,
     ckpt = tmp_path / "ckpt"
     shutil.copytree(FIXTURE, ckpt)  # the resumed run saves into it
     metrics = tmp_path / "metrics.jsonl"
-    argv = [
-        *ARGS,
-        "--load",
-        str(ckpt),
-        "--save",
-        str(ckpt),
-        "--save-interval",
-        "100",
-        "--metrics-file",
-        str(metrics),
-    ]
+    argv = [*ARGS, "--load", str(ckpt), "--save", str(ckpt), "--save-interval", "100"]
+    argv += ["--metrics-file", str(metrics)]
     assert run_distributed(_main, 1, argv, drop_moments, timeout=300) == [0]
     logged = {}
     for line in metrics.read_text().splitlines():
