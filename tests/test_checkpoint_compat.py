@@ -7,8 +7,9 @@ step count, LR schedule and data position all come back). On the CPU that wrote 
 is bitwise; on another x86 CPU torch's fp32 kernels reduce in another order (on an AVX-512/AMX
 Xeon, ``MKL_CBWR`` alone changes which of the four numbers match exactly), measured at <= 8.4e-8
 relative. So the check is to 1e-6 relative: resuming without the Adam moments moves iteration 6 by
-2.1e-5 (loss) and 7.1e-3 (grad norm), 21x and 7000x past it. 0.19 reads 0.16's ``common.pt`` but no
-longer writes it, so the format is forward-only; the version each checkpoint was written with is recorded in ``megatron_pause.json``.
+2.1e-5 (loss) and 7.1e-3 (grad norm), 21x and 7000x past it. 0.19 reads 0.16's ``common.pt`` but
+no longer writes it, so the format is forward-only; the version each checkpoint was written with
+is recorded in ``megatron_pause.json``.
 """
 
 from __future__ import annotations
